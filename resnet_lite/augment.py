@@ -1,0 +1,261 @@
+"""Batched train-time augmentation: uint8 N x 3 x H x W in, normalised float32 out, on the batch's device.
+
+Every sample draws its own parameters, all at once, from one `torch.rand(N, 12)` call, so a generator
+makes a batch reproducible and switching one op off leaves the other ops' draws unchanged. The
+geometric ops (rotate, flip, padded crop) are composed into one per-pixel source index and applied
+with a single gather on the uint8 batch, the way airbench crops by index arithmetic instead of
+per-sample slicing. Colour jitter follows the PIL path the seed ran (torchvision's ColorJitter on PIL
+images): blends towards black / the image's mean grey / each pixel's grey, clamped and truncated to
+integers after every op, in a random order per image.
+
+    fn = build_augment("seed", mean, std)
+    x = fn(uint8_batch, generator)          # float32, normalised
+"""
+import dataclasses
+import difflib
+from dataclasses import dataclass
+
+import torch
+
+from resnet_lite.errors import UserError
+
+_PAD_MODES = ("zero", "reflect")
+_JITTER_OPS = ("brightness", "contrast", "saturation")
+_UNIFORMS = 12  # columns: angle, flip, crop y, crop x, 3 jitter factors, 3 jitter order keys, cutout y, x
+
+
+@dataclass
+class AugmentConfig:
+    preset: str = "seed"  # "seed" | "fast" | "none"; fields left None take the preset's value
+    rotate_degrees: float | None = None  # angle uniform in [-d, d], nearest, zero fill, about the centre
+    flip: bool | None = None  # horizontal flip with p = 0.5
+    crop_padding: int | None = None  # pixels padded on each side, then a random crop back to H x W
+    pad_mode: str | None = None  # "zero" | "reflect" (airbench's translate is reflect padding 2)
+    brightness: float | None = None  # factor uniform in [max(0, 1 - b), 1 + b], as ColorJitter
+    contrast: float | None = None
+    saturation: float | None = None
+    cutout: int | None = None  # side in pixels of a square set to 0 after normalising (DeVries & Taylor); 0 = off
+
+
+PRESETS: dict[str, AugmentConfig] = {
+    # the seed's RandomRotation(5) -> RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2)
+    "seed": AugmentConfig("seed", 5.0, True, 4, "zero", 0.2, 0.2, 0.2, 0),
+    # airbench94: flip + translate by reflect-padding 2; add `cutout` for longer speed runs
+    "fast": AugmentConfig("fast", 0.0, True, 2, "reflect", 0.0, 0.0, 0.0, 0),
+    "none": AugmentConfig("none", 0.0, False, 0, "zero", 0.0, 0.0, 0.0, 0),
+}
+
+
+def _suggest(name, choices):
+    close = difflib.get_close_matches(str(name), list(choices), n=1)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"{hint}(choose from {', '.join(choices)})"
+
+
+def _check(name, value):
+    """The value of one resolved field, converted to its type, or a UserError."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if name == "rotate_degrees" and number and 0 <= value <= 180:
+        return float(value)
+    if name in _JITTER_OPS and number and value >= 0:
+        return float(value)
+    if name in ("crop_padding", "cutout") and number and value >= 0 and value == int(value):
+        return int(value)
+    if name == "flip" and isinstance(value, bool):
+        return value
+    if name == "pad_mode":
+        if value in _PAD_MODES:
+            return value
+        raise UserError(f"augment.pad_mode '{value}' is not a padding mode; {_suggest(value, _PAD_MODES)}")
+    want = {"rotate_degrees": "a number of degrees in [0, 180]", "flip": "true or false",
+            "crop_padding": "a whole number of pixels >= 0", "cutout": "a whole number of pixels >= 0"}
+    raise UserError(f"augment.{name} must be {want.get(name, 'a number >= 0')}, got {value!r}; fix it in the config")
+
+
+def resolve(cfg: "AugmentConfig | str | dict") -> AugmentConfig:
+    """A config with every field set: the preset's values under the ones given. Bad input -> UserError."""
+    fields = [f.name for f in dataclasses.fields(AugmentConfig)]
+    if isinstance(cfg, str):
+        cfg = AugmentConfig(preset=cfg)
+    elif isinstance(cfg, dict):
+        for key in cfg:
+            if key not in fields:
+                raise UserError(f"unknown augment key '{key}'; {_suggest(key, fields)}")
+        cfg = AugmentConfig(**cfg)
+    elif not isinstance(cfg, AugmentConfig):
+        raise UserError(f"augment must be a preset name or a mapping of {', '.join(fields)}; got {cfg!r}")
+    if cfg.preset not in PRESETS:
+        raise UserError(f"unknown augment preset '{cfg.preset}'; {_suggest(cfg.preset, PRESETS)}")
+    base = PRESETS[cfg.preset]
+    values = {}
+    for name in fields[1:]:
+        value = getattr(cfg, name)
+        values[name] = _check(name, getattr(base, name) if value is None else value)
+    return AugmentConfig(preset=cfg.preset, **values)
+
+
+def _reflect(i, n):
+    """Index i in [-(n-1), 2(n-1)] reflected into [0, n) without repeating the edge, as F.pad 'reflect'."""
+    return (n - 1) - ((n - 1) - i.abs()).abs()
+
+
+def geometry(images, angle=None, flip=None, offset=None, padding=0, pad_mode="zero"):
+    """Rotate (degrees, counter-clockwise), then flip, then crop H x W at `offset` from the padded image.
+
+    angle: float (N,) or None; flip: bool (N,) or None; offset: int (N, 2) = (top, left) in [0, 2 * padding].
+    Each output pixel reads one source pixel or the zero fill, so the whole thing is one uint8 gather.
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    yy = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1).expand(n, h, 1)
+    xx = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w).expand(n, 1, w)
+    if offset is not None:  # output (y, x) reads the flipped image at (y + top - pad, x + left - pad)
+        yy = yy + (offset[:, :1] - padding).view(n, 1, 1)
+        xx = xx + (offset[:, 1:] - padding).view(n, 1, 1)
+        if pad_mode == "reflect":
+            yy, xx = _reflect(yy, h), _reflect(xx, w)
+        else:  # send padding far away: out of bounds before and after any rotation (it keeps distances)
+            yy = yy.masked_fill((yy < 0) | (yy >= h), -1e6)
+            xx = xx.masked_fill((xx < 0) | (xx >= w), -1e6)
+    if flip is not None:
+        xx = torch.where(flip.view(n, 1, 1), w - 1 - xx, xx)
+    if angle is not None:
+        # PIL's Image.rotate: inverse map of the pixel centre about (w/2, h/2), floor = its nearest
+        # neighbour (Pillow Geometry.c affine_transform); torchvision's tensor rotate uses the same centre.
+        t = torch.deg2rad(angle.float()).view(n, 1, 1)
+        cos, sin = t.cos(), t.sin()
+        u, v = xx + (0.5 - w / 2), yy + (0.5 - h / 2)
+        xx = ((cos * u + w / 2) - sin * v).floor_()
+        yy = ((sin * u) + (cos * v + h / 2)).floor_()
+    # a one-pixel zero border takes every out-of-bounds read; float32 is exact for these indices
+    index = torch.add(yy.clamp(-1, h) * (w + 2), xx.clamp(-1, w)).add_(w + 3).long().view(n, 1, h * w)
+    flat = torch.nn.functional.pad(images, (1, 1, 1, 1)).view(n, c, (h + 2) * (w + 2))
+    return flat.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def _gray(x):
+    """PIL's convert("L") on the 0..255 scale: (299 R + 587 G + 114 B) / 1000 rounded, in 16-bit fixed point.
+
+    Elementwise on purpose (no einsum) so autocast cannot drop it to bf16; exact in float32 (< 2**24)."""
+    s = x[:, 0:1] * 19595.0
+    s.add_(x[:, 1:2], alpha=38470.0).add_(x[:, 2:3], alpha=7471.0).add_(32768.0)
+    return s.mul_(1.0 / 65536.0).floor_()
+
+
+def color_jitter(images, factors, order):
+    """uint8 N x 3 x H x W -> float32 with integer values in 0..255, each image jittered in its own order.
+
+    factors: (N, 3) brightness, contrast, saturation. order: long (N, k), the op (0, 1, 2) at each of k
+    stages. Each op is PIL's ImageEnhance: blend(degenerate, image, f) = d + f * (x - d), clipped and
+    truncated to uint8 values (Pillow Blend.c); d is 0, the mean grey, or the pixel's grey.
+    """
+    x = images.to(torch.float32, copy=True)
+    for k in range(order.shape[1]):
+        op = order[:, k].view(-1, 1, 1, 1)
+        f = factors.gather(1, order[:, k:k + 1]).view(-1, 1, 1, 1)
+        gray = _gray(x)
+        mean = (gray.mean(dim=(1, 2, 3), keepdim=True) + 0.5).floor_()  # ImageEnhance.Contrast's int(m + .5)
+        d = gray.mul_(op == 2).add_(mean * (op == 1))
+        x.sub_(d).mul_(f).add_(d).clamp_(0.0, 255.0).floor_()  # in place: this loop owns x
+    return x
+
+
+def cutout(x, size, centre):
+    """Zero a size x size square centred at centre (N, 2) = (y, x), clipped at the border (DeVries & Taylor)."""
+    n, _, h, w = x.shape
+    lo = centre - size // 2
+    hi = lo + size
+    ys = torch.arange(h, device=x.device).view(1, h, 1)
+    xs = torch.arange(w, device=x.device).view(1, 1, w)
+    inside = (ys >= lo[:, :1, None]) & (ys < hi[:, :1, None]) & (xs >= lo[:, 1:, None]) & (xs < hi[:, 1:, None])
+    return x.masked_fill_(inside.unsqueeze(1), 0.0)
+
+
+def _scale_shift(mean, std):
+    mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
+    std = torch.as_tensor(std, dtype=torch.float64).flatten()
+    if mean.shape != std.shape or (std <= 0).any():
+        raise ValueError(f"mean and std need one value per channel and std > 0, got {mean.tolist()}, {std.tolist()}")
+    # (x / 255 - mean) / std as one multiply-add on the 0..255 scale
+    scale = (1.0 / (255.0 * std)).float().view(1, -1, 1, 1)
+    shift = (-mean / std).float().view(1, -1, 1, 1)
+    return scale, shift
+
+
+def _on_device(tensors):
+    """A per-device cache of small constant tensors, so a CUDA batch pays no host-to-device copy per call."""
+    cache = {}
+
+    def get(device):
+        if device not in cache:
+            cache[device] = [t.to(device) for t in tensors]
+        return cache[device]
+
+    return get
+
+
+def _check_batch(images, channels):
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != channels:
+        raise ValueError(f"expected a uint8 N x {channels} x H x W batch, got {images.dtype} {tuple(images.shape)}")
+
+
+def build_normalize(mean, std):
+    """The eval path: uint8 N x C x H x W -> (x / 255 - mean) / std as float32, mean/std on the 0..1 scale."""
+    constants = _on_device(_scale_shift(mean, std))
+
+    def normalize(images):
+        _check_batch(images, constants("cpu")[0].shape[1])
+        scale, shift = constants(images.device)
+        return images.float().mul_(scale).add_(shift)
+
+    return normalize
+
+
+def build_augment(preset_or_config, mean, std):
+    """fn(uint8 N x 3 x H x W, generator=None) -> augmented, normalised float32 batch on the same device.
+
+    With a generator the parameters are drawn on the generator's device and moved to the batch's."""
+    cfg = resolve(preset_or_config)
+    strengths = [cfg.brightness, cfg.contrast, cfg.saturation]
+    jitter_ops = [i for i, s in enumerate(strengths) if s > 0]
+    lows = torch.tensor([max(0.0, 1.0 - s) for s in strengths])
+    highs = torch.tensor([1.0 + s for s in strengths])
+    constants = _on_device([*_scale_shift(mean, std), lows, highs - lows, torch.tensor(jitter_ops, dtype=torch.long)])
+    channels = constants("cpu")[0].shape[1]
+    geometric = cfg.rotate_degrees > 0 or cfg.flip or cfg.crop_padding > 0
+    p = cfg.crop_padding
+
+    def augment(images, generator=None):
+        _check_batch(images, channels)
+        n, c, h, w = images.shape
+        if (jitter_ops and c != 3) or (cfg.pad_mode == "reflect" and p >= min(h, w)):
+            raise ValueError(f"augment {cfg} cannot take a batch of shape {tuple(images.shape)}")
+        dev = images.device
+        scale, shift, low, width, ops = constants(dev)
+        if not geometric and not jitter_ops and not cfg.cutout:
+            return images.float().mul_(scale).add_(shift)
+        gen_dev = generator.device if generator is not None else dev
+        u = torch.rand(n, _UNIFORMS, generator=generator, device=gen_dev).to(dev)
+        if geometric:
+            images = geometry(
+                images,
+                angle=(2 * u[:, 0] - 1) * cfg.rotate_degrees if cfg.rotate_degrees > 0 else None,
+                flip=u[:, 1] < 0.5 if cfg.flip else None,
+                offset=(u[:, 2:4] * (2 * p + 1)).long().clamp_(max=2 * p) if p > 0 else None,
+                padding=p,
+                pad_mode=cfg.pad_mode,
+            )
+        if jitter_ops:
+            factors = low + u[:, 4:7] * width
+            # a uniform random permutation of the enabled ops per image, as ColorJitter's randperm(4)
+            order = ops[u[:, 7:7 + len(jitter_ops)].argsort(dim=1)]
+            x = color_jitter(images, factors, order)
+        else:
+            x = images.float()
+        x = x.mul_(scale).add_(shift)  # in place: x is this call's own buffer
+        if cfg.cutout > 0:
+            x = cutout(x, cfg.cutout, torch.stack([u[:, 10] * h, u[:, 11] * w], dim=1).long())
+        return x
+
+    augment.config = cfg
+    return augment
