@@ -1,0 +1,259 @@
+"""The seed's lightweight ResNets, registered in timm's model registry.
+
+A 5x5 stem, stages of two-conv residual blocks with a 1x1 conv + BN shortcut where the shape changes,
+global average pooling and a linear head (../shared/seed/SEED.md). Module names follow the seed
+notebook (`conv1, bn1, layer1.., gap, fc`), so its `best_model.pth` loads as it is.
+
+    python -m resnet_lite.models      # the family at a glance
+"""
+import difflib
+
+import timm
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+
+from ..errors import UserError
+
+__all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "count_macs", "count_params", "SEED_TABLE"]
+
+# Computed on the CIFAR-10 training set (the seed notebook prints 0.49139968, 0.48215841, 0.44653091 / ...).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+# Table 1 of the seed report: every run is 70 epochs, cross-entropy, no weight decay.
+SEED_TABLE = [
+    dict(model=0, variant="lite_r5b2", train_batch=512, test_batch=512, optimizer="adam", lr=0.01, params=4_587_306, acc=91.28),
+    dict(model=1, variant="lite_r5b2", train_batch=128, test_batch=128, optimizer="adam", lr=0.01, params=4_587_306, acc=91.23),
+    dict(model=2, variant="lite_r5b2", train_batch=512, test_batch=512, optimizer="sgd", lr=0.01, params=4_587_306, acc=83.25),
+    dict(model=3, variant="lite_r5b2", train_batch=256, test_batch=256, optimizer="adam", lr=0.01, params=4_587_306, acc=90.97),
+    dict(model=4, variant="lite_r5b2", train_batch=256, test_batch=128, optimizer="adam", lr=0.01, params=4_587_306, acc=90.90),
+    dict(model=5, variant="lite_r4b2", train_batch=128, test_batch=128, optimizer="adam", lr=0.01, params=2_799_146, acc=91.47),
+    dict(model=6, variant="lite_r5b2", train_batch=128, test_batch=128, optimizer="adam", lr=0.1, params=4_587_306, acc=88.87),
+    dict(model=7, variant="lite_r5b2", train_batch=128, test_batch=128, optimizer="adam", lr=0.001, params=4_587_306, acc=91.14),
+    dict(model=8, variant="lite_r4b3", train_batch=128, test_batch=128, optimizer="adam", lr=0.01, params=4_367_786, acc=91.24),
+]
+
+
+def conv3x3(in_chs, out_chs, stride=1):
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_chs, out_chs, stride=1):
+    return nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
+
+
+class LiteBlock(nn.Module):
+    """The seed's ModifiedResidualBlock: conv-bn-relu-conv-bn plus a shortcut, then ReLU."""
+
+    def __init__(self, in_chs, out_chs, stride=1):
+        super().__init__()
+        self.conv1 = conv3x3(in_chs, out_chs, stride)
+        self.bn1 = nn.BatchNorm2d(out_chs)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(out_chs, out_chs)
+        self.bn2 = nn.BatchNorm2d(out_chs)
+        if stride != 1 or in_chs != out_chs:
+            self.shortcut = nn.Sequential(conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
+        else:
+            self.shortcut = nn.Sequential()  # an empty Sequential, as the seed wrote it: no keys, identity
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + self.shortcut(x))
+
+
+class LiteResNet(nn.Module):
+    """A stem, `len(layers)` residual stages and a linear head.
+
+    Args:
+        layers: blocks per stage.
+        widths: output channels per stage.
+        strides: stride of each stage's first block.
+        num_classes: classifier outputs (0 for no classifier).
+        in_chans: input image channels.
+        drop_rate: dropout before the classifier.
+        stem_width, stem_kernel: the seed's stem is a 5x5 conv to 32 channels.
+    """
+
+    def __init__(self, layers, widths, strides, num_classes=10, in_chans=3, drop_rate=0.0,
+                 stem_width=32, stem_kernel=5, global_pool="avg"):
+        super().__init__()
+        if not len(layers) == len(widths) == len(strides):
+            raise ValueError(f"layers, widths and strides need one entry per stage, got {layers}, {widths}, {strides}")
+        if global_pool != "avg":
+            raise ValueError(f"global_pool={global_pool!r} is not supported; LiteResNet pools with 'avg'")
+        if stem_kernel % 2 != 1:
+            raise ValueError(f"stem_kernel must be odd to keep the spatial size, got {stem_kernel}")
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        self.conv1 = nn.Conv2d(in_chans, stem_width, stem_kernel, stride=1, padding=stem_kernel // 2, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.relu = nn.ReLU(inplace=True)
+        in_chs, reduction = stem_width, 1
+        self.feature_info = [dict(num_chs=stem_width, reduction=1, module="relu")]
+        self.stage_names = []
+        for i, (n, width, stride) in enumerate(zip(layers, widths, strides), start=1):
+            blocks = [LiteBlock(in_chs, width, stride)] + [LiteBlock(width, width) for _ in range(n - 1)]
+            self.add_module(f"layer{i}", nn.Sequential(*blocks))
+            in_chs, reduction = width, reduction * stride
+            self.stage_names.append(f"layer{i}")
+            self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"layer{i}"))
+        self.num_features = self.head_hidden_size = in_chs
+        self.gap = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+
+        # The seed's init: He-normal (fan_out) convs, unit BN; the Linear keeps PyTorch's default.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse=False):
+        return dict(stem=r"^conv1|bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable=True):
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self):
+        return self.fc
+
+    def reset_classifier(self, num_classes, global_pool="avg"):
+        if global_pool != "avg":
+            raise ValueError(f"global_pool={global_pool!r} is not supported; LiteResNet pools with 'avg'")
+        self.num_classes = num_classes
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward_features(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        for name in self.stage_names:
+            stage = getattr(self, name)
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+            else:
+                x = stage(x)
+        return x
+
+    def forward_head(self, x, pre_logits: bool = False):
+        x = torch.flatten(self.gap(x), 1)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(**kwargs):
+    return {
+        "url": "", "num_classes": 10, "input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bilinear",
+        "mean": CIFAR10_MEAN, "std": CIFAR10_STD, "first_conv": "conv1", "classifier": "fc",
+        "license": "mit", **kwargs,
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    "lite_r4b2": _cfg(pool_size=(4, 4)),
+    "lite_r4b3": _cfg(pool_size=(4, 4)),
+    "lite_r5b2": _cfg(pool_size=(2, 2)),
+})
+
+
+def _create_lite_resnet(variant, pretrained=False, **kwargs):
+    if pretrained:
+        raise UserError(f"no pretrained weights are published for {variant}; train one with "
+                        f"`python -m resnet_lite.train`, or pass checkpoint_path=... to load your own")
+    return build_model_with_cfg(LiteResNet, variant, pretrained, **kwargs)
+
+
+@register_model
+def lite_r4b2(pretrained=False, **kwargs) -> LiteResNet:
+    """Seed model 5 (91.47%): four stages of two blocks, 2,799,146 parameters."""
+    args = dict(layers=(2, 2, 2, 2), widths=(32, 64, 128, 256), strides=(1, 2, 2, 2))
+    return _create_lite_resnet("lite_r4b2", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def lite_r4b3(pretrained=False, **kwargs) -> LiteResNet:
+    """Seed model 8: four stages of three blocks, 4,367,786 parameters."""
+    args = dict(layers=(3, 3, 3, 3), widths=(32, 64, 128, 256), strides=(1, 2, 2, 2))
+    return _create_lite_resnet("lite_r4b3", pretrained, **dict(args, **kwargs))
+
+
+@register_model
+def lite_r5b2(pretrained=False, **kwargs) -> LiteResNet:
+    """Seed models 0-4, 6, 7: five stages, the last of three blocks, 4,587,306 parameters."""
+    args = dict(layers=(2, 2, 2, 2, 3), widths=(32, 64, 128, 128, 256), strides=(1, 2, 2, 2, 2))
+    return _create_lite_resnet("lite_r5b2", pretrained, **dict(args, **kwargs))
+
+
+def list_models(pattern="lite_*"):
+    """Registered model names matching `pattern` (timm's registry; the default lists this family)."""
+    return timm.list_models(pattern)
+
+
+def create_model(name, pretrained=False, **kwargs):
+    """`timm.create_model` with a one-line error for an unknown name. kwargs: num_classes, in_chans, drop_rate, ..."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, list_models("lite_*"), n=3, cutoff=0.3)
+        close = close or difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"did you mean {', '.join(close)}?" if close else "see `python -m resnet_lite.models`"
+        raise UserError(f"unknown model {name!r}; {hint} (registered lite models: {', '.join(list_models())})")
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def convert_seed_state_dict(state_dict):
+    """Map a state_dict saved by the seed notebook (or a wrapped/compiled copy) onto LiteResNet's keys.
+
+    Accepts a plain state_dict, or a checkpoint dict holding one under 'state_dict' / 'model'. Strips the
+    `module.` prefix of DataParallel/DDP and the `_orig_mod.` prefix of torch.compile.
+    """
+    for key in ("state_dict", "model"):
+        if key in state_dict and isinstance(state_dict[key], dict):
+            state_dict = state_dict[key]
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            while k.startswith(prefix):
+                k = k[len(prefix):]
+        out[k.replace("._orig_mod.", ".")] = v
+    return out
+
+
+def count_macs(model, input_size=(3, 32, 32)):
+    """Multiply-accumulates of one forward pass of one image, counted over convolutions and linear layers."""
+    macs = 0
+
+    def conv_hook(m, inputs, output):
+        nonlocal macs
+        k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
+        macs += output.numel() * k
+
+    def linear_hook(m, inputs, output):
+        nonlocal macs
+        macs += output.numel() * m.in_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return macs
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,208 @@
+"""The model family, read as a specification: the seed's networks, exactly, behaving like timm models."""
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import resnet_lite
+from resnet_lite.models import SEED_TABLE, count_macs, count_params
+
+MODELS = resnet_lite.list_models("lite_*")
+SEED_PARAMS = {"lite_r4b2": 2_799_146, "lite_r4b3": 4_367_786, "lite_r5b2": 4_587_306}
+
+
+# An independent re-statement of the seed notebook's layers (SEED.md), used only to produce its state_dicts.
+class SeedBlock(nn.Module):
+    def __init__(self, in_channels, out_channels, stride=1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class SeedNet(nn.Module):
+    def __init__(self, blocks, widths, strides, num_classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, kernel_size=5, stride=1, padding=2, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        self.relu = nn.ReLU(inplace=True)
+        in_channels = 32
+        for i, (n, w, s) in enumerate(zip(blocks, widths, strides), 1):
+            layers = [SeedBlock(in_channels, w, s)] + [SeedBlock(w, w) for _ in range(n - 1)]
+            setattr(self, f"layer{i}", nn.Sequential(*layers))
+            in_channels = w
+        self.n = len(blocks)
+        self.gap = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        for i in range(1, self.n + 1):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(torch.flatten(self.gap(x), 1))
+
+
+SEED_ARCH = {
+    "lite_r4b2": ((2, 2, 2, 2), (32, 64, 128, 256), (1, 2, 2, 2)),
+    "lite_r4b3": ((3, 3, 3, 3), (32, 64, 128, 256), (1, 2, 2, 2)),
+    "lite_r5b2": ((2, 2, 2, 2, 3), (32, 64, 128, 128, 256), (1, 2, 2, 2, 2)),
+}
+
+
+def _seed_state_dict(name):
+    torch.manual_seed(0)
+    seed = SeedNet(*SEED_ARCH[name])
+    # non-trivial BN statistics, as a trained notebook model would have
+    for m in seed.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return seed.eval()
+
+
+def test_family_is_registered_in_timm():
+    assert MODELS == ["lite_r4b2", "lite_r4b3", "lite_r5b2"]
+    assert timm.list_models("lite_*") == MODELS
+    assert all(timm.is_model(name) for name in MODELS)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_param_count_is_the_seeds(name):
+    assert count_params(resnet_lite.create_model(name)) == SEED_PARAMS[name]
+    assert count_params(timm.create_model(name)) == SEED_PARAMS[name]
+
+
+@pytest.mark.parametrize("row", SEED_TABLE, ids=lambda r: f"model{r['model']}")
+def test_seed_table_rows_name_registered_variants(row):
+    assert row["params"] == SEED_PARAMS[row["variant"]]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_shape_finite_and_gradients_reach_every_parameter(name):
+    torch.manual_seed(0)
+    model = resnet_lite.create_model(name)
+    x = torch.randn(4, 3, 32, 32)
+    out = model(x)
+    assert out.shape == (4, 10)
+    assert torch.isfinite(out).all()
+    F.cross_entropy(out, torch.tensor([0, 1, 2, 3])).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"no gradient reaches {pname}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_timm_conventions(name):
+    model = resnet_lite.create_model(name, num_classes=100, in_chans=1, drop_rate=0.2).eval()
+    x = torch.randn(2, 1, 32, 32)
+    assert model(x).shape == (2, 100)
+    feats = model.forward_features(x)
+    assert feats.shape[1] == model.num_features
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    assert torch.equal(model.forward_head(feats), model(x))
+    assert model.get_classifier().out_features == 100
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_pretrained_cfg_tells_the_truth(name):
+    model = resnet_lite.create_model(name)
+    cfg = model.pretrained_cfg
+    assert cfg["input_size"] == (3, 32, 32)
+    assert cfg["num_classes"] == 10
+    assert cfg["mean"] == pytest.approx((0.4914, 0.4822, 0.4465), abs=1e-4)
+    assert cfg["std"] == pytest.approx((0.2470, 0.2435, 0.2616), abs=1e-4)
+    assert isinstance(model.get_submodule(cfg["first_conv"]), nn.Conv2d)
+    assert model.get_submodule(cfg["classifier"]) is model.get_classifier()
+    # pool_size is the final feature map of a 32x32 input
+    assert tuple(model.forward_features(torch.zeros(1, 3, 32, 32)).shape[-2:]) == cfg["pool_size"]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channels_last_matches_contiguous(name):
+    torch.manual_seed(0)
+    model = resnet_lite.create_model(name).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ref = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    out = model(x.to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_seed_state_dict_loads_and_gives_identical_outputs(name):
+    seed = _seed_state_dict(name)
+    ours = resnet_lite.create_model(name).eval()
+    ours.load_state_dict(seed.state_dict())  # strict: same keys, same shapes
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), seed(x), rtol=0, atol=0)
+
+
+def test_convert_seed_state_dict_unwraps_dataparallel_and_compile(tmp_path):
+    seed = _seed_state_dict("lite_r4b2")
+    wrapped = {"state_dict": {f"module._orig_mod.{k}": v for k, v in seed.state_dict().items()}}
+    path = tmp_path / "best_model.pth"
+    torch.save(wrapped, path)
+    sd = resnet_lite.convert_seed_state_dict(torch.load(path, weights_only=True))
+    ours = resnet_lite.create_model("lite_r4b2").eval()
+    ours.load_state_dict(sd)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), seed(x), rtol=0, atol=0)
+
+
+def test_init_is_the_seeds():
+    torch.manual_seed(0)
+    model = resnet_lite.create_model("lite_r4b2")
+    conv = model.layer3[0].conv1  # fan_out = 128 * 3 * 3
+    assert conv.weight.std().item() == pytest.approx((2 / (128 * 9)) ** 0.5, rel=0.05)
+    assert torch.equal(model.bn1.weight, torch.ones(32)) and torch.equal(model.bn1.bias, torch.zeros(32))
+    assert model.conv1.kernel_size == (5, 5) and model.conv1.padding == (2, 2)
+
+
+def test_macs_count_convolutions_and_head():
+    model = resnet_lite.create_model("lite_r4b2")
+    stem = 32 * 32 * 32 * (3 * 5 * 5)
+    assert count_macs(model) > stem
+    # one stage less of work at 2x2 in the five-stage net, so fewer MACs despite more parameters
+    assert count_macs(resnet_lite.create_model("lite_r5b2")) < count_macs(model)
+    tiny = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.Flatten(), nn.Linear(4 * 8 * 8, 2))
+    assert count_macs(tiny, (3, 8, 8)) == 4 * 8 * 8 * 27 + 2 * 256
+
+
+def test_unknown_model_is_one_line_error_with_suggestions():
+    with pytest.raises(resnet_lite.UserError, match=r"unknown model 'lite_r4b'.*did you mean lite_r4b"):
+        resnet_lite.create_model("lite_r4b")
+
+
+def test_pretrained_weights_are_not_pretended():
+    with pytest.raises(resnet_lite.UserError, match="no pretrained weights"):
+        resnet_lite.create_model("lite_r4b2", pretrained=True)
+
+
+def test_models_table_cli():
+    out = subprocess.run([sys.executable, "-m", "resnet_lite.models"], capture_output=True, text=True, check=True)
+    for name, params in SEED_PARAMS.items():
+        assert name in out.stdout and f"{params:,}" in out.stdout
+    assert "140.9M" in out.stdout  # lite_r4b2 MACs per image
+    assert "Warning" not in out.stderr
