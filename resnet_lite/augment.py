@@ -103,7 +103,7 @@ def geometry(images, angle=None, flip=None, offset=None, padding=0, pad_mode="ze
     """Rotate (degrees, counter-clockwise), then flip, then crop H x W at `offset` from the padded image.
 
     angle: float (N,) or None; flip: bool (N,) or None; offset: int (N, 2) = (top, left) in [0, 2 * padding].
-    Each output pixel reads one source pixel or the zero fill, so the whole thing is one uint8 gather.
+    Each output pixel reads one source pixel or the zero fill: one uint8 gather (two without rotation).
     """
     n, c, h, w = images.shape
     dev = images.device
@@ -127,10 +127,16 @@ def geometry(images, angle=None, flip=None, offset=None, padding=0, pad_mode="ze
         u, v = xx + (0.5 - w / 2), yy + (0.5 - h / 2)
         xx = ((cos * u + w / 2) - sin * v).floor_()
         yy = ((sin * u) + (cos * v + h / 2)).floor_()
-    # a one-pixel zero border takes every out-of-bounds read; float32 is exact for these indices
-    index = torch.add(yy.clamp(-1, h) * (w + 2), xx.clamp(-1, w)).add_(w + 3).long().view(n, 1, h * w)
-    flat = torch.nn.functional.pad(images, (1, 1, 1, 1)).view(n, c, (h + 2) * (w + 2))
-    return flat.gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+    # read a clamped pixel, then zero the reads that fell outside; float32 is exact for these indices
+    cy, cx = yy.clamp(0, h - 1), xx.clamp(0, w - 1)
+    inside = ((cy == yy) & (cx == xx)).view(n, 1, h, w)
+    if angle is None:  # separable: gather rows, then columns, through broadcast (n, h) and (n, w) indices
+        out = images.gather(2, cy.long().view(n, 1, h, 1).expand(n, c, h, w))
+        out = out.gather(3, cx.long().view(n, 1, 1, w).expand(n, c, h, w))
+    else:
+        index = (cy * w).add_(cx).long().view(n, 1, h * w)
+        out = images.reshape(n, c, h * w).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+    return out.mul_(inside)
 
 
 def _gray(x):
