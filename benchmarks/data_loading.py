@@ -1,0 +1,135 @@
+"""Load time and peak host memory of resnet_lite.data on the real CIFAR-10-JPEG set (../shared/data), cold and cached,
+and of the CIFAR-10 binary reader on a full-size copy converted from it. Each phase runs in a fresh process so its
+peak RSS is its own.
+
+    python benchmarks/data_loading.py [--tarball ../shared/data/cifar10-jpeg.tar.gz] [--work /tmp/rl_bench_data] [--repeats 3]
+"""
+import argparse
+import datetime
+import json
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def phase(spec, root, device):
+    """One load in this process; prints a JSON line of figures."""
+    import torch
+
+    from resnet_lite.data import DeviceLoader, load_dataset
+
+    imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.perf_counter()
+    ds = load_dataset(spec, root=root)
+    seconds = time.perf_counter() - t
+    out = {
+        "seconds": seconds,
+        "train": len(ds.train), "test": len(ds.test),
+        "mean": ds.mean, "std": ds.std,
+        "import_mib": imported,  # peak RSS after `import torch, resnet_lite.data`, before loading
+        "host_peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # largest single child: `import torch` starts one (~430 MiB); forked decode workers count pages shared with us
+        "workers_peak_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+        "split_mib": (ds.train.images.nbytes + ds.train.labels.nbytes) / 2**20,
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+        loader = DeviceLoader(ds.train, 128, device="cuda")
+        for x, y in loader:
+            pass
+        torch.cuda.synchronize()
+        out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(json.dumps(out))
+
+
+def run_phase(spec, root, repeats=1, before=None):
+    """Median seconds and largest peaks over `repeats` fresh processes; `before()` runs ahead of each."""
+    runs = []
+    for _ in range(repeats):
+        if before:
+            before()
+        cmd = [sys.executable, __file__, "--phase", spec, "--root", str(root)]
+        result = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        runs.append(json.loads(result.stdout.strip().splitlines()[-1]))
+    out = dict(runs[0], seconds=statistics.median(r["seconds"] for r in runs), repeats=repeats)
+    for k in ("import_mib", "host_peak_mib", "workers_peak_mib"):
+        out[k] = max(r[k] for r in runs)
+    return out
+
+
+def write_bin_copy(jpeg_root, cache, target):
+    """CIFAR-10 binary layout (5 train batches + test) with the JPEG set's pixels: a full-size input for the reader."""
+    import numpy as np
+
+    from resnet_lite.data import load_dataset
+
+    ds = load_dataset(f"imagefolder:{jpeg_root}", root=str(cache))
+    folder = target / "cifar-10-batches-bin"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def records(split, idx):
+        images = split.images[idx].reshape(len(idx), -1).numpy()
+        return np.concatenate([split.labels[idx].numpy().astype(np.uint8)[:, None], images], 1).tobytes()
+
+    for i, idx in enumerate(np.array_split(np.arange(len(ds.train)), 5), 1):
+        (folder / f"data_batch_{i}.bin").write_bytes(records(ds.train, idx))
+    (folder / "test_batch.bin").write_bytes(records(ds.test, np.arange(len(ds.test))))
+    (folder / "batches.meta.txt").write_text("\n".join(ds.classes) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tarball", default=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
+    parser.add_argument("--work", default="/tmp/rl_bench_data")
+    parser.add_argument("--phase")
+    parser.add_argument("--root")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.phase:
+        return phase(args.phase, args.root, args.device)
+
+    import torch
+
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    t = time.perf_counter()
+    subprocess.run(["tar", "-xzf", args.tarball, "-C", str(work)], check=True)
+    print(f"extracted {args.tarball} in {time.perf_counter() - t:.1f} s")
+    jpeg_root, cache = work / "cifar10-jpeg", work / "cache"
+    spec = f"imagefolder:{jpeg_root}"
+
+    clear_cache = lambda: shutil.rmtree(cache, ignore_errors=True)
+    cold = run_phase(spec, cache, args.repeats, before=clear_cache)
+    warm = run_phase(spec, cache, args.repeats)
+    write_bin_copy(jpeg_root, cache, work / "bin")
+    stats = work / "bin" / "cifar-10-batches-bin.stats.json"
+    binary_first = run_phase("cifar10", work / "bin", args.repeats, before=lambda: stats.unlink(missing_ok=True))
+    binary = run_phase("cifar10", work / "bin", args.repeats)
+
+    cpu = platform.processor() or platform.machine()
+    print(f"\n{datetime.date.today()}  torch {torch.__version__}  {cpu}, {len(__import__('os').sched_getaffinity(0))} cores"
+          f"{'  ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}")
+    print(f"median of {args.repeats} fresh processes each; peak RSS after imports alone: {cold['import_mib']:.0f} MiB")
+    print(f"{'phase':<44}{'seconds':>9}{'host peak MiB':>15}{'child peak MiB':>16}")
+    for name, r in [("imagefolder CIFAR-10-JPEG, decode (cold)", cold), ("imagefolder CIFAR-10-JPEG, cached", warm),
+                    ("cifar10 binary layout, stats computed", binary_first), ("cifar10 binary layout, stats cached", binary)]:
+        print(f"{name:<44}{r['seconds']:>9.2f}{r['host_peak_mib']:>15.0f}{r['workers_peak_mib']:>16.0f}")
+    print(f"cached / cold load time: {warm['seconds'] / cold['seconds']:.3f}  (speedup {cold['seconds'] / warm['seconds']:.0f}x)")
+    print(f"train split as uint8: {cold['split_mib']:.1f} MiB; {cold['train']} train / {cold['test']} test")
+    print(f"mean {tuple(round(m, 4) for m in cold['mean'])} std {tuple(round(s, 4) for s in cold['std'])} (CIFAR-10-JPEG)")
+    if "cuda_peak_mib" in cold:
+        print(f"CUDA peak allocated, train split resident + one epoch of batch 128: {cold['cuda_peak_mib']:.1f} MiB")
+    shutil.rmtree(work)
+
+
+if __name__ == "__main__":
+    main()
