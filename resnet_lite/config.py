@@ -1,0 +1,301 @@
+"""Training configuration: dataclasses built from nested dicts, YAML presets, dotted overrides (lingua style).
+
+Each module owns its small config dataclass (DataConfig, AugmentConfig, OptimConfig, ScheduleConfig); TrainConfig
+only composes them. Precedence, lowest first:
+
+    dataclass defaults < preset (--variant NAME: configs/NAME.yaml) < --config FILE < flags < dotted overrides
+
+    cfg = resolve_config(variant="model5", overrides=["optim.lr=0.05", "data.spec=synthetic"])
+    write_yaml(to_dict(cfg), "config.yaml")
+
+Unknown keys and wrong types raise UserError naming the key, what it should be, and the closest known key.
+"""
+import dataclasses
+import difflib
+import importlib.resources
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .augment import AugmentConfig
+from .data import DataConfig
+from .errors import UserError
+from .optim import OptimConfig, ScheduleConfig
+
+__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml",
+           "write_yaml", "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
+
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+@dataclass
+class TrainConfig:
+    name: str | None = None  # run name: prefix of the default output folder and the W&B run; None -> preset or model
+    model: str = "lite_r4b2"  # any name resnet_lite.create_model knows
+    drop_rate: float = 0.0  # dropout before the classifier
+    epochs: int = 70
+    batch_size: int = 128  # GLOBAL images per optimizer step: all processes and accumulation steps together
+    eval_batch_size: int = 512  # global, split across processes like batch_size
+    seed: int = 0
+    output_dir: str | None = None  # None -> runs/<name>-<YYYYmmdd-HHMMSS>
+    mixed_precision: str = field(default="auto", metadata={"choices": MIXED_PRECISION})  # auto: the launcher's setting, else bf16 where CUDA has it
+    grad_accum: int = 1  # micro-batches per optimizer step (each batch_size / grad_accum images); saves memory only
+    sync_bn: bool = False  # SyncBatchNorm across processes (no effect with one process)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model
+    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
+    label_smoothing: float = 0.0
+    wandb: str = field(default="auto", metadata={"choices": WANDB_MODES})  # auto: online when logged in, else disabled
+    wandb_project: str = "resnet_lite"
+    checkpoint_every_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch only
+    keep_checkpoints: int = 2  # newest resumable checkpoints kept in <output_dir>/checkpoints
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def __post_init__(self):
+        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "keep_checkpoints"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{key}={getattr(self, key)} must be >= 1")
+        if self.checkpoint_every_steps < 0:
+            raise UserError(f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = every epoch only)")
+        if self.batch_size % self.grad_accum:
+            raise UserError(f"batch_size={self.batch_size} does not split into grad_accum={self.grad_accum} "
+                            f"micro-batches; use a batch_size divisible by {self.grad_accum}")
+        if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
+            raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+# ---------------------------------------------------------------------------------------------- dict <-> dataclass
+
+
+def _type_name(tp) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _type_name(a) for a in args)
+    if typing.get_origin(tp) in (tuple, list):
+        count = "" if Ellipsis in args else f"{len(args)} "
+        return f"a list of {count}{_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _convert(value, tp, key):
+    """`value` as type `tp`, or a UserError naming `key`, the expected type and the value."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args and str not in args):
+            if type(None) in args:
+                return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except UserError:
+                pass
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return from_dict(tp, value, prefix=f"{key}.")
+    elif origin in (tuple, list):
+        item_types = args if Ellipsis not in args else (args[0],) * len(value or ())
+        if isinstance(value, (list, tuple)) and len(value) == len(item_types):
+            items = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
+            return origin(items)
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"config field {key} has an unsupported type {tp}")
+    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix it in the config or override")
+
+
+def from_dict(cls, data: dict, prefix: str = ""):
+    """An instance of dataclass `cls` from a nested dict; missing keys keep their defaults."""
+    if not isinstance(data, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'the config'} must be a mapping of settings, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in data.items():
+        if key not in known:
+            raise UserError(f"unknown setting '{prefix}{key}'; {_suggest(prefix + str(key), cls)}")
+        value = _convert(value, hints[key], prefix + key)
+        choices = known[key].metadata.get("choices")
+        if choices and value not in choices:
+            close = difflib.get_close_matches(str(value), choices, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise UserError(f"{prefix}{key}={value!r} is not one of {', '.join(choices)}; {hint}".rstrip("; "))
+        values[key] = value
+    return cls(**values)
+
+
+def to_dict(obj) -> dict:
+    """A dataclass as plain nested dicts and lists (tuples become lists), ready for YAML or JSON."""
+
+    def plain(v):
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(obj))
+
+
+def _paths(cls, prefix="") -> list[str]:
+    """Every dotted setting of `cls`, nested dataclasses expanded."""
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        out += _paths(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [prefix + f.name]
+    return out
+
+
+def _suggest(key: str, cls) -> str:
+    """'did you mean ...?' for an unknown dotted key at the level of dataclass `cls`: the closest sibling name,
+    else a setting elsewhere with the same last name ('lr' -> 'optim.lr'), else the closest dotted setting."""
+    parent, _, leaf = key.rpartition(".")
+    parent = parent + "." if parent else ""
+    siblings = [f.name for f in dataclasses.fields(cls)]
+    close = [parent + m for m in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
+    paths = _paths(TrainConfig)
+    close = close or [p for p in paths if p.rsplit(".", 1)[-1] == leaf and p != key]
+    close = close or difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean '{close[0]}'?"
+    return f"known settings{' under ' + parent.rstrip('.') if parent else ''}: {', '.join(siblings)}"
+
+
+# ---------------------------------------------------------------------------------------------- YAML, presets, overrides
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist; check the path") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read config file {path} ({e})") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path} is not valid YAML ({' '.join(str(e).split())})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a mapping of settings (key: value), got {type(data).__name__}")
+    return data
+
+
+def write_yaml(data: dict, path) -> None:
+    """Write atomically: a temporary file in the same folder, then os.replace."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump(data, f, sort_keys=False)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _presets_dir():
+    return importlib.resources.files("resnet_lite.configs")
+
+
+def list_presets() -> list[str]:
+    """Names of the presets shipped in the package (configs/*.yaml), model0..model8 in numeric order."""
+    names = [p.name[:-5] for p in _presets_dir().iterdir() if p.name.endswith(".yaml")]
+    return sorted(names, key=lambda n: (n.rstrip("0123456789"), int(n[len(n.rstrip("0123456789")):] or -1), n))
+
+
+def read_preset(name: str) -> dict:
+    presets = list_presets()
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise UserError(f"unknown preset '{name}'; {hint}(presets: {', '.join(presets)}; `python -m resnet_lite.train --list`)")
+    data = yaml.safe_load(_presets_dir().joinpath(f"{name}.yaml").read_text()) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"preset {name} must hold a mapping of settings")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, object]:
+    """'optim.lr=0.05' -> ('optim.lr', 0.05); the value is read as YAML (numbers, true/false, null, [lists])."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise UserError(f"cannot read override '{text}'; write KEY=VALUE with a dotted key, e.g. optim.lr=0.05")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError:
+        return key, value
+
+
+def _nest(dotted: dict) -> dict:
+    out = {}
+    for key, value in dotted.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise UserError(f"'{key}' sets a value under '{p}', which is not a group of settings")
+        node[leaf] = value
+    return out
+
+
+def _merge(base: dict, layer: dict, source: str, prefix: str = "", cls=TrainConfig) -> dict:
+    """`layer` deep-merged over `base`; keys are checked against `cls` so errors can name the layer's source."""
+    if not isinstance(layer, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'the config'} in {source} must be a mapping, got {layer!r}")
+    hints = typing.get_type_hints(cls)
+    out = dict(base)
+    for key, value in layer.items():
+        if key not in hints:
+            raise UserError(f"unknown setting '{prefix}{key}' in {source}; {_suggest(prefix + str(key), cls)}")
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict):
+            out[key] = _merge(out.get(key) or {}, value, source, f"{prefix}{key}.", hints[key])
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_config(variant: str | None = None, file=None, flags: dict | None = None,
+                   overrides: list[str] = (), base: dict | None = None) -> TrainConfig:
+    """The TrainConfig of: `base` (defaults, or a resumed run's config) < preset < file < flags < overrides.
+
+    flags: dotted key -> value, from the command line's named flags (None values are skipped)."""
+    merged = dict(base or {})
+    if variant:
+        merged = _merge(merged, read_preset(variant), f"preset {variant}")
+    if file:
+        merged = _merge(merged, read_yaml(file), str(file))
+    merged = _merge(merged, _nest({k: v for k, v in (flags or {}).items() if v is not None}), "the command line")
+    merged = _merge(merged, _nest(dict(parse_override(o) for o in overrides)), "the overrides")
+    if variant and merged.get("name") is None:
+        merged["name"] = variant
+    return from_dict(TrainConfig, merged)

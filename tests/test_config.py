@@ -1,0 +1,164 @@
+"""The training configuration: precedence, dotted overrides, one-line errors, and the shipped presets."""
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from resnet_lite.config import TrainConfig, from_dict, list_presets, parse_override, read_preset, resolve_config, to_dict
+from resnet_lite.errors import UserError
+from resnet_lite.models import SEED_TABLE
+
+
+def test_defaults_are_model5_with_one_cosine():
+    cfg = TrainConfig()
+    assert (cfg.model, cfg.batch_size, cfg.epochs, cfg.optim.name, cfg.optim.lr) == ("lite_r4b2", 128, 70, "adam", 0.01)
+    assert cfg.schedule.name == "cosine" and cfg.optim.weight_decay == 0.0 and cfg.augment.preset == "seed"
+    assert resolve_config() == cfg
+
+
+def test_precedence_defaults_preset_file_flags_overrides(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("epochs: 5\nbatch_size: 256\noptim: {lr: 0.02}\nschedule: {name: onecycle}\n")
+    preset_only = resolve_config("model0")
+    assert (preset_only.batch_size, preset_only.epochs, preset_only.optim.lr) == (512, 70, 0.01)
+    assert preset_only.model == "lite_r5b2" and preset_only.name == "model0"
+
+    with_file = resolve_config("model0", file)
+    assert (with_file.batch_size, with_file.epochs, with_file.optim.lr, with_file.schedule.name) == (256, 5, 0.02, "onecycle")
+    assert with_file.model == "lite_r5b2"  # the preset's, untouched by the file
+
+    with_flags = resolve_config("model0", file, flags={"optim.lr": 0.03, "epochs": None})
+    assert (with_flags.optim.lr, with_flags.epochs) == (0.03, 5)  # a flag left out (None) changes nothing
+
+    full = resolve_config("model0", file, flags={"optim.lr": 0.03}, overrides=["optim.lr=0.04", "schedule.warmup_epochs=1"])
+    assert (full.optim.lr, full.schedule.warmup_epochs, full.batch_size) == (0.04, 1.0, 256)
+
+
+def test_base_config_sits_under_everything():
+    base = to_dict(resolve_config("model2", overrides=["epochs=3"]))
+    cfg = resolve_config(base=base, overrides=["epochs=4"])
+    assert (cfg.model, cfg.optim.name, cfg.optim.momentum, cfg.epochs) == ("lite_r5b2", "sgd", 0.0, 4)
+
+
+@pytest.mark.parametrize("text, key, value", [
+    ("optim.lr=0.05", "optim.lr", 0.05),
+    ("optim.weight_decay=5e-4", "optim.weight_decay", "5e-4"),  # YAML 1.1 reads this as a string ...
+    ("compile=true", "compile", True),
+    ("output_dir=null", "output_dir", None),
+    ("optim.betas=[0.8, 0.99]", "optim.betas", [0.8, 0.99]),
+    ("name=a=b", "name", "a=b"),
+])
+def test_parse_override(text, key, value):
+    assert parse_override(text) == (key, value)
+
+
+def test_override_values_get_their_field_types():
+    cfg = resolve_config(overrides=["optim.weight_decay=5e-4", "optim.betas=[0.8, 0.99]", "data.image_size=16",
+                                    "data.root=null", "augment.flip=false", "drop_rate=0"])
+    assert cfg.optim.weight_decay == 5e-4  # ... and the float field accepts it
+    assert cfg.optim.betas == (0.8, 0.99) and cfg.data.image_size == 16 and cfg.data.root is None
+    assert cfg.augment.flip is False and cfg.drop_rate == 0.0 and isinstance(cfg.drop_rate, float)
+    # "none" means null where the field cannot be a string; a folder may well be called "none"
+    assert resolve_config(overrides=["data.image_size=None", "data.root=none"]).data == dataclasses.replace(cfg.data, image_size=None, root="none")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.lrr=1", "unknown setting 'optim.lrr' in the overrides; did you mean 'optim.lr'?"),
+    ("lr=1", "did you mean 'optim.lr'?"),
+    ("data.weight_decay=1", "did you mean 'optim.weight_decay'?"),
+    ("optimm.lr=1", "did you mean 'optim'?"),
+    ("epoch=3", "did you mean 'epochs'?"),
+    ("zzzz=3", "known settings: name, model"),
+])
+def test_unknown_key_suggests_the_closest(override, message):
+    with pytest.raises(UserError, match="^unknown setting") as e:
+        resolve_config(overrides=[override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    file = tmp_path / "bad.yaml"
+    file.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(UserError, match=f"unknown setting 'optim.learning_rate' in {file}"):
+        resolve_config(file=file)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("epochs=1.5", "epochs must be an integer, got 1.5"),
+    ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
+    ("compile=1", "compile must be true or false, got 1"),
+    ("model=5", "model must be a string, got 5"),
+    ("optim.betas=[0.9]", "optim.betas must be a list of 2 numbers"),
+    ("data=cifar10", "data must be a mapping"),
+    ("mixed_precision=bf15", "mixed_precision='bf15' is not one of auto, no, fp16, bf16; did you mean 'bf16'?"),
+    ("optim.name=adamm", "did you mean 'adam'?"),
+    ("epochs=0", "epochs=0 must be >= 1"),
+    ("batch_size=100", None),  # fine on its own ...
+    ("grad_accum=3", "batch_size=128 does not split into grad_accum=3"),
+])
+def test_wrong_types_and_values_name_the_key(override, message):
+    if message is None:
+        assert resolve_config(overrides=[override]).batch_size == 100
+        return
+    with pytest.raises(UserError) as e:
+        resolve_config(overrides=[override])
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("text", ["foo", "=3", "optim..lr=1"])
+def test_malformed_override(text):
+    with pytest.raises(UserError, match="write KEY=VALUE"):
+        parse_override(text)
+
+
+def test_unknown_preset_lists_the_closest():
+    with pytest.raises(UserError, match=r"unknown preset 'model55'; did you mean model5.*presets: model0, model1"):
+        resolve_config("model55")
+
+
+def test_bad_config_files(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_config(file=tmp_path / "missing.yaml")
+    (tmp_path / "broken.yaml").write_text("epochs: [1\n")
+    with pytest.raises(UserError, match="is not valid YAML"):
+        resolve_config(file=tmp_path / "broken.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(UserError, match="must hold a mapping"):
+        resolve_config(file=tmp_path / "list.yaml")
+
+
+def test_resolved_config_round_trips_through_yaml():
+    cfg = resolve_config("model7", overrides=["optim.betas=[0.8, 0.95]", "data.spec=synthetic", "augment.cutout=8"])
+    again = from_dict(TrainConfig, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+    assert again == cfg and dataclasses.is_dataclass(again.optim)
+
+
+def test_presets_load_from_the_installed_package(tmp_path):
+    """From a folder that is not the repository: the YAML files must come with the package."""
+    code = ("from resnet_lite.config import list_presets, resolve_config; "
+            "print(' '.join(list_presets())); print(resolve_config('model5').model)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    names, model = out.splitlines()
+    assert names.split() == [f"model{i}" for i in range(9)] and model == "lite_r4b2"
+
+
+@pytest.mark.parametrize("row", SEED_TABLE, ids=lambda r: f"model{r['model']}")
+def test_seed_presets_match_table_1(row):
+    cfg = resolve_config(f"model{row['model']}")
+    assert cfg.model == row["variant"]
+    assert (cfg.batch_size, cfg.eval_batch_size) == (row["train_batch"], row["test_batch"])
+    assert (cfg.optim.name, cfg.optim.lr) == (row["optimizer"], row["lr"])
+    assert cfg.epochs == 70 and cfg.optim.weight_decay == 0.0 and cfg.data.spec == "cifar10"
+    assert cfg.augment.preset == "seed"
+    assert (cfg.schedule.name, cfg.schedule.t_max, cfg.schedule.final_lr_fraction) == ("seed_cosine", 200, 0.0)
+    if row["optimizer"] == "sgd":
+        assert cfg.optim.momentum == 0.0  # torch's SGD default, as the notebook ran it
+    header = read_preset.__globals__["_presets_dir"]().joinpath(f"model{row['model']}.yaml").read_text().splitlines()[0]
+    assert header.startswith(f"# Seed model {row['model']} ")
+
+
+def test_every_preset_resolves():
+    for name in list_presets():
+        assert resolve_config(name).name == name
