@@ -6,15 +6,13 @@ only composes them. Precedence, lowest first:
     dataclass defaults < preset (--variant NAME: configs/NAME.yaml) < --config FILE < flags < dotted overrides
 
     cfg = resolve_config(variant="model5", overrides=["optim.lr=0.05", "data.spec=synthetic"])
-    write_yaml(to_dict(cfg), "config.yaml")
+    yaml.safe_dump(to_dict(cfg))
 
 Unknown keys and wrong types raise UserError naming the key, what it should be, and the closest known key.
 """
 import dataclasses
 import difflib
 import importlib.resources
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ from .errors import UserError
 from .optim import OptimConfig, ScheduleConfig
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml",
-           "write_yaml", "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
+           "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -206,19 +204,6 @@ def read_yaml(path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of settings (key: value), got {type(data).__name__}")
     return data
-
-
-def write_yaml(data: dict, path) -> None:
-    """Write atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def _presets_dir():

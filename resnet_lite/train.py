@@ -1,0 +1,435 @@
+"""Train a lite ResNet (or any timm model) with Accelerate: on a CPU, one GPU, or many GPUs and nodes.
+
+    python -m resnet_lite.train --variant model5                     # one process: the GPU, or the CPU
+    accelerate launch -m resnet_lite.train --variant model5          # as `accelerate config` set it up
+    accelerate launch --config_file launch/multi_gpu.yaml --num_processes 4 -m resnet_lite.train --variant model5
+    torchrun --standalone --nproc_per_node 4 -m resnet_lite.train --variant model5
+    ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m resnet_lite.train --data synthetic --epochs 2
+    python -m resnet_lite.train --variant model5 --data synthetic --epochs 3 optim.lr=0.02 schedule.name=onecycle
+    python -m resnet_lite.train --output-dir runs/m5 --resume        # continue runs/m5 from its newest checkpoint, or start it
+    python -m resnet_lite.train --list                               # the presets
+
+--batch-size is GLOBAL: images per optimizer step over all processes; with N processes each takes batch_size / N
+(and splits that into grad_accum micro-batches). The learning rate is used as given, whatever the batch size.
+
+A run directory (--output-dir, default runs/<preset or model>-<YYYYmmdd-HHMMSS>) holds config.yaml (resolved),
+metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and model_last.safetensors (the plain
+model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.checkpoint)
+and, with W&B on, wandb/.
+
+Set RESNET_LITE_RANK_REPORT=DIR to have every process write DIR/rank<R>.json at the end (its data shard and a hash of
+its weights); the tests use it to check what each process saw.
+"""
+import argparse
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import platform
+import secrets
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+
+from . import __version__
+from .augment import build_augment, build_normalize
+from .checkpoint import (CHECKPOINT_DIR, find_checkpoint, load_checkpoint, rng_state, save_checkpoint, save_weights,
+                         set_rng_state)
+from .config import TrainConfig, list_presets, resolve_config, to_dict
+from .data import SPECS, DeviceLoader, load_data
+from .errors import UserError, cli
+from .loggers import (Progress, log_wandb_final, plot_curves, print_final, read_metrics, wandb_mode, write_json,
+                      write_metrics, write_yaml)
+from .models import SEED_TABLE, count_params, create_model
+from .optim import build_optimizer, build_scheduler
+
+__all__ = ["train", "evaluate", "main"]
+
+CURVES_EVERY = 300.0  # seconds between redraws of curves.png during a run (always drawn at the end)
+WANDB_SAMPLES = 32  # test images in the W&B table of sample predictions
+
+
+def _mixed_precision(setting: str) -> str:
+    """'auto': the launcher's choice (accelerate launch --mixed_precision / config file), else bf16 where CUDA has it."""
+    if setting != "auto":
+        return setting
+    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
+        return os.environ["ACCELERATE_MIXED_PRECISION"]
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _run_dir(cfg: TrainConfig, accelerator: Accelerator) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    name = [None]
+    if accelerator.is_main_process:  # one clock decides, or ranks straddling a second would disagree
+        base = f"runs/{cfg.name or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        name[0] = next(p for i in itertools.count() if not Path(p := base if i == 0 else f"{base}-{i}").exists())
+    if accelerator.num_processes > 1:
+        broadcast_object_list(name)
+    return Path(name[0])
+
+
+def _step_seed(seed: int, rank: int, step: int) -> int:
+    """Augmentation seed of one rank's batch: runs and resumes repeat it without saving generator states."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def _average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Average BatchNorm running statistics over processes (timm's distribute_bn 'reduce'), so every process
+    evaluates, and saves, the same model."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.running_mean.copy_(accelerator.reduce(m.running_mean.clone(), "mean"))
+            m.running_var.copy_(accelerator.reduce(m.running_var.clone(), "mean"))
+
+
+@torch.no_grad()
+def evaluate(model, loader: DeviceLoader, normalize, num_classes: int, accelerator: Accelerator,
+             channels_last: bool = False) -> dict:
+    """Test loss (plain cross-entropy), accuracy and the confusion matrix, every image counted once over all ranks.
+
+    `model` must not run collectives in forward (the plain model, not DDP): ranks can hold one batch more or less."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=accelerator.device)
+    for images, labels in loader:
+        x = normalize(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        confusion += torch.bincount(labels * num_classes + logits.argmax(1), minlength=num_classes**2)
+    model.train(was_training)
+    loss_sum, confusion = accelerator.reduce(loss_sum), accelerator.reduce(confusion).view(num_classes, num_classes)
+    count = int(confusion.sum())
+    return {"loss": loss_sum.item() / count, "acc": confusion.diag().sum().item() / count, "samples": count,
+            "per_class": (confusion.diag().double() / confusion.sum(1).clamp_min(1)).tolist(), "confusion": confusion.cpu()}
+
+
+def _versions() -> dict:
+    import accelerate
+    import timm
+
+    return {"resnet_lite": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU's marketing name
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or device.type
+
+
+def _state_hash(state_dict: dict) -> str:
+    h = hashlib.sha256()
+    for k, v in state_dict.items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(cfg: TrainConfig, resume=None) -> dict:
+    """Train as `cfg` says, continuing from the checkpoint file `resume` when given. Returns the summary."""
+    mode, wandb_hint = wandb_mode(cfg.wandb)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
+                              log_with="wandb" if mode != "disabled" else None,
+                              # the batch size is global: Accelerate would step a prepared scheduler once per process
+                              step_scheduler_with_optimizer=False)
+    try:
+        return _train(cfg, accelerator, mode, wandb_hint, resume)
+    finally:
+        accelerator.end_training()
+        # let a later train() in this process start over (a sweep), with its own precision
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: str | None, resume) -> dict:
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    is_main = accelerator.is_main_process
+    state = load_checkpoint(resume) if resume else None
+    run_dir = _run_dir(cfg, accelerator)
+    cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
+    try:
+        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --output-dir") from None
+    if cfg.sync_bn and world > 1 and device.type == "cpu":
+        raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
+
+    set_seed(cfg.seed)
+    with accelerator.main_process_first():  # one download, the others then read it
+        ds = load_data(cfg.data)
+    num_classes, image_size = len(ds.classes), ds.train.images.shape[-1]
+    net = create_model(cfg.model, num_classes=num_classes, in_chans=3, drop_rate=cfg.drop_rate)
+    params = count_params(net)
+    if state:
+        try:
+            net.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise UserError(f"checkpoint {resume} does not fit {cfg.model} with {num_classes} classes "
+                            f"({str(e).splitlines()[0]}); resume with the run's own model and data") from None
+    if cfg.sync_bn and world > 1:
+        net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+
+    train_loader = DeviceLoader(ds.train, cfg.batch_size, device=device, train=True, rank=rank, world_size=world,
+                                seed=cfg.seed)
+    test_loader = DeviceLoader(ds.test, cfg.eval_batch_size, device=device, train=False, rank=rank, world_size=world)
+    steps_per_epoch = len(train_loader)
+    if steps_per_epoch == 0:
+        raise UserError(f"{len(ds.train)} training images make no batch of {cfg.batch_size}; lower --batch-size")
+    optimizer = build_optimizer(net, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, cfg.epochs)
+    model, optimizer = accelerator.prepare(net, optimizer)  # not the loaders: they shard themselves
+    train_model = torch.compile(model) if cfg.compile else model
+    eval_model = torch.compile(net) if cfg.compile else net  # plain module: no collective in forward
+    augment = build_augment(cfg.augment, ds.mean, ds.std)
+    normalize = build_normalize(ds.mean, ds.std)
+    generator = torch.Generator(device=device)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum")
+
+    epoch0, batch0, step, elapsed = 0, 0, 0, 0.0
+    best, rows, loss0, seen0 = {"acc": -1.0, "epoch": 0}, [], 0.0, 0
+    wandb_id = None
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if accelerator.scaler is not None and state["scaler"] is not None:
+            accelerator.scaler.load_state_dict(state["scaler"])
+        epoch0, batch0, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
+        best, loss0, seen0, wandb_id = state["best"], state["train_loss_sum"], state["train_images"], state["wandb_id"]
+        set_rng_state(state["rng"])
+        rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch0]
+
+    progress = Progress(is_main, cfg.epochs, steps_per_epoch)
+    meta = {"model": cfg.model, "num_classes": num_classes, "in_chans": 3, "image_size": image_size,
+            "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std)}
+    if is_main:
+        write_yaml(to_dict(cfg), run_dir / "config.yaml")
+        write_metrics(rows, run_dir / "metrics.jsonl")
+        where = f"resuming {resume} at epoch {epoch0 + 1} step {step}" if state else "starting"
+        progress.print(f"{cfg.model} ({params:,} params) on {world} x {_device_name(device)}, "
+                       f"mixed precision {accelerator.mixed_precision}; {ds.name}: {len(ds.train)} train / "
+                       f"{len(ds.test)} test images; global batch {cfg.batch_size}, {steps_per_epoch} steps per "
+                       f"epoch; {where}; run directory {run_dir}")
+        if wandb_hint:
+            progress.print(wandb_hint)
+    if mode != "disabled":
+        wandb_id = wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resumed run continues this W&B run
+        accelerator.init_trackers(cfg.wandb_project, config=to_dict(cfg), init_kwargs={"wandb": {
+            "dir": str(run_dir), "mode": mode, "name": run_dir.name, "id": wandb_id, "resume": "allow"}})
+
+    def checkpoint(epoch, batch, loss_sum, seen):
+        if is_main:
+            save_checkpoint({
+                "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "epoch": epoch, "batch": batch, "step": step, "config": to_dict(cfg), "rng": rng_state(),
+                "train_loss_sum": float(loss_sum), "train_images": seen, "best": dict(best),
+                "elapsed": elapsed + time.perf_counter() - t_start, "world_size": world, "wandb_id": wandb_id,
+            }, run_dir / CHECKPOINT_DIR, cfg.keep_checkpoints)
+
+    result, last_curves, first_indices = None, time.perf_counter(), None
+    t_start = time.perf_counter()
+    for epoch in range(epoch0, cfg.epochs):
+        train_loader.set_epoch(epoch)
+        first_indices = first_indices if first_indices is not None else train_loader.local_indices()
+        skip = batch0 if epoch == epoch0 else 0
+        loss_sum = torch.full((), loss0 if skip else 0.0, dtype=torch.float64, device=device)
+        seen = seen0 if skip else 0  # this rank's images in this epoch
+        progress.start_epoch(epoch + 1, skip)
+        t_epoch, epoch_images = time.perf_counter(), 0
+        train_model.train()
+        for batch, (images, labels) in enumerate(itertools.islice(train_loader, skip, None), start=skip):
+            generator.manual_seed(_step_seed(cfg.seed, rank, step))
+            x = augment(images, generator)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            n = len(labels)
+            chunks = min(cfg.grad_accum, n)
+            for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), labels.tensor_split(chunks))):
+                # gradients are all-reduced once per optimizer step, on the last micro-batch
+                with nullcontext() if i == chunks - 1 else accelerator.no_sync(train_model):
+                    loss = criterion(train_model(xc).float(), yc) / n  # sums to the mean over this rank's batch
+                    accelerator.backward(loss)
+                loss_sum += loss.detach() * n
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            seen += n
+            epoch_images += n * world
+            progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
+            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and batch + 1 < steps_per_epoch:
+                checkpoint(epoch, batch + 1, loss_sum, seen)
+
+        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+        train_loss = (totals[0] / totals[1]).item()
+        train_seconds = time.perf_counter() - t_epoch
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        if evaluated:
+            if world > 1 and not cfg.sync_bn:
+                _average_bn_stats(net, accelerator)
+            result = evaluate(eval_model, test_loader, normalize, num_classes, accelerator, cfg.channels_last)
+        row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
+               "test_loss": result["loss"] if evaluated else None, "test_acc": result["acc"] if evaluated else None,
+               "lr": lr, "epoch_seconds": time.perf_counter() - t_epoch,
+               "images_per_second": epoch_images / max(train_seconds, 1e-9)}
+        rows.append(row)
+        improved = evaluated and row["test_acc"] > best["acc"]  # the same on every rank: the metrics are reduced
+        if improved:
+            best = {"acc": row["test_acc"], "epoch": epoch + 1}
+        if is_main:
+            write_metrics(rows, run_dir / "metrics.jsonl")
+            save_weights(net.state_dict(), run_dir / "model_last.safetensors", dict(meta, epoch=epoch + 1))
+            if improved:
+                save_weights(net.state_dict(), run_dir / "model_best.safetensors", dict(meta, epoch=epoch + 1))
+            if time.perf_counter() - last_curves > CURVES_EVERY:
+                plot_curves(rows, run_dir / "curves.png", run_dir.name)
+                last_curves = time.perf_counter()
+        checkpoint(epoch + 1, 0, 0.0, 0)
+        accelerator.log({k: v for k, v in row.items() if v is not None}, step=step)
+        progress.end_epoch(row)
+    progress.close()
+    elapsed += time.perf_counter() - t_start
+
+    if result is None:  # nothing left to train (a finished run resumed): evaluate for the summary
+        result = evaluate(eval_model, test_loader, normalize, num_classes, accelerator, cfg.channels_last)
+    devices = gather_object([_device_name(device)])
+    summary = {
+        "model": cfg.model, "run_dir": str(run_dir), "dataset": ds.name, "epochs": cfg.epochs, "steps": step,
+        "best_test_acc": best["acc"], "best_epoch": best["epoch"], "final_test_acc": result["acc"],
+        "final_test_loss": result["loss"], "per_class_acc": dict(zip(ds.classes, result["per_class"])),
+        "params": params, "world_size": world, "eval_samples": result["samples"], "total_seconds": elapsed,
+        "mixed_precision": accelerator.mixed_precision, "devices": devices, "versions": _versions(),
+    }
+    if os.environ.get("RESNET_LITE_RANK_REPORT"):
+        report = Path(os.environ["RESNET_LITE_RANK_REPORT"])
+        report.mkdir(parents=True, exist_ok=True)
+        (report / f"rank{rank}.json").write_text(json.dumps({
+            "rank": rank, "world_size": world, "state_sha256": _state_hash(net.state_dict()),
+            "train_indices_first_epoch": first_indices.tolist() if first_indices is not None else [],
+            "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples}))
+    if is_main:
+        write_json(summary, run_dir / "summary.json")
+        plot_curves(rows, run_dir / "curves.png", run_dir.name)
+        if mode != "disabled":
+            samples = []
+            images, labels = ds.test.images[:WANDB_SAMPLES], ds.test.labels[:WANDB_SAMPLES]
+            with torch.no_grad(), accelerator.autocast():
+                net.eval()
+                probs = net(normalize(images.to(device))).float().softmax(1).cpu()
+            for image, label, p in zip(images, labels.tolist(), probs):
+                samples.append((image, label, int(p.argmax()), float(p.max())))
+            log_wandb_final(accelerator.get_tracker("wandb", unwrap=True), run_dir / "curves.png",
+                            result["confusion"], ds.classes, samples)
+        print_final(summary, ds.classes)
+    return summary
+
+
+# ---------------------------------------------------------------------------------------------- command line
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 through errors.cli, instead of argparse's usage block
+        raise UserError(f"{message}; see `python -m resnet_lite.train --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m resnet_lite.train", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description="Train a lite ResNet with Accelerate (also: accelerate launch / torchrun -m resnet_lite.train).",
+                epilog=f"presets (--variant): {', '.join(list_presets())}; `--list` describes them.\n"
+                       "Precedence: defaults < --variant < --config < flags < KEY=VALUE overrides.\n"
+                       "Settings: see resnet_lite/config.py (TrainConfig) or a run's config.yaml.")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="any setting as a dotted override, e.g. optim.weight_decay=5e-4 schedule.name=onecycle")
+    p.add_argument("--variant", metavar="PRESET", help="a preset from configs/ (model0..model8: the seed's Table 1)")
+    p.add_argument("--config", metavar="FILE", help="a YAML file of settings")
+    p.add_argument("--data", metavar="SPEC", help=f"dataset: {SPECS} (default cifar10)")
+    p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="GLOBAL images per optimizer step, over all processes")
+    p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--wandb", choices=["online", "offline", "disabled"], help="W&B logging (default: online if logged in)")
+    p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="continue a run; without a value, the newest checkpoint in --output-dir if there is one")
+    p.add_argument("--list", action="store_true", help="print the presets as a table and exit")
+    return p
+
+
+def print_presets() -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    seed_acc = {f"model{r['model']}": r["acc"] for r in SEED_TABLE}
+    table = Table(title="presets: python -m resnet_lite.train --variant NAME")
+    for col in ("preset", "variant", "params", "batch", "optimizer", "lr", "epochs", "schedule", "seed acc %"):
+        table.add_column(col, justify="left" if col in ("preset", "variant", "optimizer", "schedule") else "right")
+    params = {}
+    for name in list_presets():
+        cfg = resolve_config(name)
+        if cfg.model not in params:
+            with torch.device("meta"):
+                params[cfg.model] = count_params(create_model(cfg.model))
+        table.add_row(name, cfg.model, f"{params[cfg.model]:,}", f"{cfg.batch_size}/{cfg.eval_batch_size}",
+                      cfg.optim.name, f"{cfg.optim.lr:g}", str(cfg.epochs), cfg.schedule.name,
+                      f"{seed_acc[name]:.2f}" if name in seed_acc else "-")
+    Console(width=None if sys.stdout.isatty() else 120).print(table)
+
+
+def _run_of(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print_presets()
+        return 0
+    if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
+        args.overrides.insert(0, args.resume)  # `--resume optim.lr=0.1`: argparse took the override for the path
+        args.resume = True
+    flags = {"data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
+             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb": args.wandb}
+    cfg = resolve_config(args.variant, args.config, flags, args.overrides)
+    checkpoint = None
+    if args.resume is True:
+        if cfg.output_dir is None:
+            raise UserError("--resume without a path continues the run in --output-dir; give --output-dir DIR or --resume DIR")
+        checkpoint = find_checkpoint(cfg.output_dir)
+    elif args.resume:
+        checkpoint = find_checkpoint(args.resume)
+        if checkpoint is None:
+            raise UserError(f"no checkpoint at {args.resume}; give a run directory with checkpoints/ or a .pt file")
+    if checkpoint:  # the run's own config, changed only by what this command line sets explicitly
+        flags["output_dir"] = args.output_dir or str(_run_of(checkpoint))
+        cfg = resolve_config(base=load_checkpoint(checkpoint)["config"], flags=flags, overrides=args.overrides)
+    elif args.resume and int(os.environ.get("RANK", "0")) == 0:
+        print(f"no checkpoint in {cfg.output_dir} yet: starting a new run", flush=True)
+    train(cfg, resume=checkpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    main()
