@@ -13,6 +13,7 @@ Unknown keys and wrong types raise UserError naming the key, what it should be, 
 import dataclasses
 import difflib
 import importlib.resources
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ from .data import DataConfig
 from .errors import UserError
 from .optim import OptimConfig, ScheduleConfig
 
-__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml",
+__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml", "load_yaml",
            "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -115,11 +116,6 @@ def _convert(value, tp, key):
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads "5e-4" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -189,10 +185,28 @@ def _suggest(key: str, cls) -> str:
 # ---------------------------------------------------------------------------------------------- YAML, presets, overrides
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: only true/false are booleans (YAML 1.1 reads yes/no/on/off too, so `mixed_precision: no`
+    would be False) and 5e-4 is a number (1.1 wants 5.0e-4)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                              list("-+0123456789."))
+
+
+def load_yaml(text: str):
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path) -> dict:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist; check the path") from None
     except (OSError, UnicodeDecodeError) as e:
@@ -222,20 +236,20 @@ def read_preset(name: str) -> dict:
         close = difflib.get_close_matches(name, presets, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise UserError(f"unknown preset '{name}'; {hint}(presets: {', '.join(presets)}; `python -m resnet_lite.train --list`)")
-    data = yaml.safe_load(_presets_dir().joinpath(f"{name}.yaml").read_text()) or {}
+    data = load_yaml(_presets_dir().joinpath(f"{name}.yaml").read_text()) or {}
     if not isinstance(data, dict):
         raise UserError(f"preset {name} must hold a mapping of settings")
     return data
 
 
 def parse_override(text: str) -> tuple[str, object]:
-    """'optim.lr=0.05' -> ('optim.lr', 0.05); the value is read as YAML (numbers, true/false, null, [lists])."""
+    """'optim.lr=0.05' -> ('optim.lr', 0.05); the value is read as YAML 1.2 (numbers, true/false, null, [lists])."""
     key, sep, value = text.partition("=")
     key = key.strip()
     if not sep or not key or any(not part for part in key.split(".")):
         raise UserError(f"cannot read override '{text}'; write KEY=VALUE with a dotted key, e.g. optim.lr=0.05")
     try:
-        return key, yaml.safe_load(value)
+        return key, load_yaml(value)
     except yaml.YAMLError:
         return key, value
 

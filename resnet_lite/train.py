@@ -58,11 +58,13 @@ WANDB_SAMPLES = 32  # test images in the W&B table of sample predictions
 
 
 def _mixed_precision(setting: str) -> str:
-    """'auto': the launcher's choice (accelerate launch --mixed_precision / config file), else bf16 where CUDA has it."""
+    """'auto': fp16/bf16 when the launcher asks for one (accelerate launch --mixed_precision, or its config file),
+    else bf16 on a CUDA GPU that has it, else no. (`accelerate launch` without a config says "no" by default.)"""
     if setting != "auto":
         return setting
-    if os.environ.get("ACCELERATE_MIXED_PRECISION"):
-        return os.environ["ACCELERATE_MIXED_PRECISION"]
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if launcher in ("fp16", "bf16"):
+        return launcher
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
     return "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
@@ -299,7 +301,6 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             best = {"acc": row["test_acc"], "epoch": epoch + 1}
         if is_main:
             write_metrics(rows, run_dir / "metrics.jsonl")
-            save_weights(net.state_dict(), run_dir / "model_last.safetensors", dict(meta, epoch=epoch + 1))
             if improved:
                 save_weights(net.state_dict(), run_dir / "model_best.safetensors", dict(meta, epoch=epoch + 1))
             if time.perf_counter() - last_curves > CURVES_EVERY:
@@ -329,6 +330,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             "train_indices_first_epoch": first_indices.tolist() if first_indices is not None else [],
             "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples}))
     if is_main:
+        save_weights(net.state_dict(), run_dir / "model_last.safetensors", dict(meta, epoch=len(rows)))
         write_json(summary, run_dir / "summary.json")
         plot_curves(rows, run_dir / "curves.png", run_dir.name)
         if mode != "disabled":
@@ -372,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], help="W&B logging (default: online if logged in)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR_OR_CHECKPOINT",
-                   help="continue a run; without a value, the newest checkpoint in --output-dir if there is one")
+                   help="continue a run with its own config, changed only by the flags and overrides given with it; "
+                        "without a value: the newest checkpoint in --output-dir, or a fresh start if there is none")
     p.add_argument("--list", action="store_true", help="print the presets as a table and exit")
     return p
 

@@ -44,7 +44,9 @@ def test_base_config_sits_under_everything():
 
 @pytest.mark.parametrize("text, key, value", [
     ("optim.lr=0.05", "optim.lr", 0.05),
-    ("optim.weight_decay=5e-4", "optim.weight_decay", "5e-4"),  # YAML 1.1 reads this as a string ...
+    ("optim.weight_decay=5e-4", "optim.weight_decay", 5e-4),  # YAML 1.1 would read a string
+    ("mixed_precision=no", "mixed_precision", "no"),  # YAML 1.1 would read False
+    ("augment.flip=off", "augment.flip", "off"),
     ("compile=true", "compile", True),
     ("output_dir=null", "output_dir", None),
     ("optim.betas=[0.8, 0.99]", "optim.betas", [0.8, 0.99]),
@@ -57,7 +59,7 @@ def test_parse_override(text, key, value):
 def test_override_values_get_their_field_types():
     cfg = resolve_config(overrides=["optim.weight_decay=5e-4", "optim.betas=[0.8, 0.99]", "data.image_size=16",
                                     "data.root=null", "augment.flip=false", "drop_rate=0"])
-    assert cfg.optim.weight_decay == 5e-4  # ... and the float field accepts it
+    assert cfg.optim.weight_decay == 5e-4
     assert cfg.optim.betas == (0.8, 0.99) and cfg.data.image_size == 16 and cfg.data.root is None
     assert cfg.augment.flip is False and cfg.drop_rate == 0.0 and isinstance(cfg.drop_rate, float)
     # "none" means null where the field cannot be a string; a folder may well be called "none"
@@ -78,6 +80,13 @@ def test_unknown_key_suggests_the_closest(override, message):
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
+def test_files_read_yaml_1_2_scalars(tmp_path):
+    file = tmp_path / "run.yaml"
+    file.write_text("mixed_precision: no\noptim: {weight_decay: 1e-4}\ncompile: True\n")
+    cfg = resolve_config(file=file)
+    assert (cfg.mixed_precision, cfg.optim.weight_decay, cfg.compile) == ("no", 1e-4, True)
+
+
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
     file = tmp_path / "bad.yaml"
     file.write_text("optim:\n  learning_rate: 0.1\n")
@@ -89,6 +98,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     ("epochs=1.5", "epochs must be an integer, got 1.5"),
     ("optim.lr=fast", "optim.lr must be a number, got 'fast'"),
     ("compile=1", "compile must be true or false, got 1"),
+    ("compile=yes", "compile must be true or false, got 'yes'"),
     ("model=5", "model must be a string, got 5"),
     ("optim.betas=[0.9]", "optim.betas must be a list of 2 numbers"),
     ("data=cifar10", "data must be a mapping"),
