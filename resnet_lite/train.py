@@ -91,8 +91,8 @@ def _average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:
     evaluates, and saves, the same model."""
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-            m.running_mean.copy_(accelerator.reduce(m.running_mean.clone(), "mean"))
-            m.running_var.copy_(accelerator.reduce(m.running_var.clone(), "mean"))
+            m.running_mean.copy_(accelerator.reduce(m.running_mean, "mean"))
+            m.running_var.copy_(accelerator.reduce(m.running_var, "mean"))
 
 
 @torch.no_grad()
@@ -103,7 +103,7 @@ def evaluate(model, loader: DeviceLoader, normalize, num_classes: int, accelerat
     `model` must not run collectives in forward (the plain model, not DDP): ranks can hold one batch more or less."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    loss_sum = torch.zeros((), device=accelerator.device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=accelerator.device)
     for images, labels in loader:
         x = normalize(images)
@@ -168,10 +168,6 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     state = load_checkpoint(resume) if resume else None
     run_dir = _run_dir(cfg, accelerator)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
-    try:
-        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --output-dir") from None
     if cfg.sync_bn and world > 1 and device.type == "cpu":
         raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
 
@@ -190,6 +186,10 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     if cfg.sync_bn and world > 1:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    try:  # only now: a mistake in the data or model settings leaves no empty run directory behind
+        (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --output-dir") from None
 
     train_loader = DeviceLoader(ds.train, cfg.batch_size, device=device, train=True, rank=rank, world_size=world,
                                 seed=cfg.seed)
@@ -254,7 +254,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
         train_loader.set_epoch(epoch)
         first_indices = first_indices if first_indices is not None else train_loader.local_indices()
         skip = batch0 if epoch == epoch0 else 0
-        loss_sum = torch.full((), loss0 if skip else 0.0, dtype=torch.float64, device=device)
+        loss_sum = torch.full((), loss0 if skip else 0.0, device=device)
         seen = seen0 if skip else 0  # this rank's images in this epoch
         progress.start_epoch(epoch + 1, skip)
         t_epoch, epoch_images = time.perf_counter(), 0
@@ -283,7 +283,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and batch + 1 < steps_per_epoch:
                 checkpoint(epoch, batch + 1, loss_sum, seen)
 
-        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), dtype=torch.float64, device=device)]))
+        totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=device)]))
         train_loss = (totals[0] / totals[1]).item()
         train_seconds = time.perf_counter() - t_epoch
         evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs

@@ -289,6 +289,7 @@ def test_config_errors_are_one_line(argv, message, capsys, tmp_path):
         main([a.replace("{tmp}", str(tmp_path)) for a in argv])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()  # no empty run directory left behind
 
 
 def test_config_error_in_a_real_process_has_no_traceback(tmp_path):
