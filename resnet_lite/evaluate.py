@@ -1,0 +1,237 @@
+"""Measure a trained model: accuracy, loss, per-class accuracy and the confusion matrix, as tables and files.
+
+    python -m resnet_lite.evaluate runs/m5                          # model_last.safetensors on the run's own test data
+    python -m resnet_lite.evaluate runs/m5 --weights best --tta     # the best epoch, averaging x and its mirror image
+    python -m resnet_lite.evaluate runs/m5/model_last.safetensors --data imagefolder:~/cifar10-jpeg --output eval/
+    accelerate launch -m resnet_lite.evaluate runs/m5               # each process takes a shard; the sums are reduced
+
+Writes evaluation.json and confusion.png into the run directory (or --output DIR). The computation is the trainer's
+own test pass (resnet_lite.train.evaluate), so the run's last weights on its test data, with its precision and eval
+batch size, give exactly the summary's final_test_acc.
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from .checkpoint import atomic_write
+from .data import SPECS, DataConfig, DeviceLoader, load_data
+from .errors import UserError, cli
+from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run, write_text
+from .train import _mixed_precision, evaluate as evaluate_split
+
+__all__ = ["FlipTTA", "evaluate", "plot_confusion", "main"]
+
+SPLITS = ("test", "val", "train")
+MAX_TABLE_CLASSES = 20  # per-class rows printed; more classes: the weakest ones
+
+
+class FlipTTA(torch.nn.Module):
+    """Test-time augmentation: the mean of the logits of each image and its horizontal mirror."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return (self.model(x) + self.model(x.flip(3))) / 2
+
+
+def _precision(setting: str, run: Run) -> str:
+    """'auto': the precision the run's final accuracy was measured with, where this machine can use it."""
+    if setting != "auto":
+        return setting
+    recorded = (run.summary or {}).get("mixed_precision")
+    if recorded in ("no", "bf16") or (recorded == "fp16" and torch.cuda.is_available()):
+        return recorded
+    return _mixed_precision("auto")
+
+
+def _data_config(run: Run, spec: str | None, data_dir: str | None, image_size: int | None) -> DataConfig:
+    if run.config is None and spec is None:
+        raise UserError(f"{run.weights} is not in a run directory, so its data is unknown; give --data SPEC ({SPECS})")
+    cfg = run.config.data if run.config else DataConfig()
+    changes = {"spec": spec, "root": data_dir, "image_size": image_size}
+    return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
+
+
+def evaluate(path, data: str | None = None, split: str = "test", weights: str = "last", tta: bool = False,
+             batch_size: int | None = None, mixed_precision: str = "auto", output=None, data_dir: str | None = None,
+             image_size: int | None = None) -> dict:
+    """Evaluate the model at `path` (see resnet_lite.runs.load_run) on a split of `data` (default: the run's own data).
+
+    Every process of `accelerate launch` takes its shard; the returned result is the same on all. The main process
+    writes evaluation.json and confusion.png into `output` (default: the run directory, else beside the weights)."""
+    if split not in SPLITS:
+        raise UserError(f"--split {split} is not one of {', '.join(SPLITS)}")
+    run = load_run(path, weights)
+    data_cfg = _data_config(run, data, data_dir, image_size)
+    batch_size = batch_size or (run.config.eval_batch_size if run.config else 512)
+    accelerator = Accelerator(mixed_precision=_precision(mixed_precision, run))
+    try:
+        with accelerator.main_process_first():  # one download; the others then read it
+            ds = load_data(data_cfg)
+        if ds.classes != run.classes:
+            raise UserError(f"{data_cfg.spec} has classes {_short(ds.classes)} but the model was trained on "
+                            f"{_short(run.classes)}; evaluate on data with the model's classes")
+        part = getattr(ds, split)
+        if part is None:
+            raise UserError(f"{data_cfg.spec} has no {split} split (a val split needs data.holdout or a val/ folder)")
+        size = part.images.shape[-1]
+        if run.image_size and size != run.image_size:
+            raise UserError(f"{data_cfg.spec} holds {size}x{size} images but the model was trained on "
+                            f"{run.image_size}x{run.image_size}; add --image-size {run.image_size}")
+        model = run.model.to(accelerator.device)
+        loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
+                              rank=accelerator.process_index, world_size=accelerator.num_processes)
+        result = evaluate_split(FlipTTA(model) if tta else model, loader, run.normalize, len(run.classes), accelerator)
+        report = _report(run, data_cfg.spec, split, weights, tta, batch_size, result, accelerator)
+        if accelerator.is_main_process:
+            out = Path(output) if output else (run.run_dir or run.weights.parent)
+            write_text(out / "evaluation.json", json.dumps(report, indent=2) + "\n")
+            plot_confusion(result["confusion"], run.classes, out / "confusion.png",
+                           f"{run.meta['model']} on {ds.name} {split}: {100 * result['acc']:.2f}%")
+            report["output"] = str(out)
+    finally:
+        accelerator.end_training()
+        AcceleratorState._reset_state(reset_partial_state=True)  # a later call may use another precision
+        GradientState._reset_state()
+    return report
+
+
+def _short(names: list[str]) -> str:
+    return f"[{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}] ({len(names)})"
+
+
+def _report(run: Run, spec, split, weights, tta, batch_size, result, accelerator) -> dict:
+    confusion = result["confusion"]
+    report = {
+        "model": run.meta["model"], "weights": str(run.weights), "data": spec, "split": split, "tta": tta,
+        "samples": result["samples"], "acc": result["acc"], "loss": result["loss"],
+        "per_class_acc": dict(zip(run.classes, result["per_class"])),
+        "per_class_samples": dict(zip(run.classes, confusion.sum(1).tolist())),
+        "classes": run.classes, "confusion": confusion.tolist(), "batch_size": batch_size,
+        "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+    }
+    # the run's own final measurement is comparable: last weights, its test split, no TTA
+    if run.summary and run.weights.name == WEIGHTS["last"] and spec == run.config.data.spec and split == "test" and not tta:
+        report["run_final_test_acc"] = run.summary["final_test_acc"]
+    return report
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path, title: str = "") -> None:
+    """Rows: true class, columns: predicted; colour is the row's fraction, numbers are counts (up to 20 classes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.double()
+    rates = counts / counts.sum(1, keepdim=True).clamp_min(1)
+    n = len(classes)
+    side = min(4 + 0.45 * n, 24)
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    if n <= MAX_TABLE_CLASSES:
+        ax.set_xticks(range(n), classes, rotation=45, ha="right")
+        ax.set_yticks(range(n), classes)
+        for t in range(n):
+            for p in range(n):
+                ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=8,
+                        color="white" if rates[t, p] > 0.5 else "black")
+    ax.set(xlabel="predicted", ylabel="true", title=title)
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)
+
+
+def print_report(report: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    table = Table(title=f"{report['model']}: {report['weights']}", show_header=False)
+    rows = [("data", f"{report['data']} ({report['split']}, {report['samples']} images)"),
+            ("accuracy", f"{100 * report['acc']:.2f}%"), ("loss", f"{report['loss']:.4f}"),
+            ("flip TTA", "yes" if report["tta"] else "no"),
+            ("processes / precision", f"{report['world_size']} / {report['mixed_precision']}")]
+    if "run_final_test_acc" in report:
+        same = "the same" if report["run_final_test_acc"] == report["acc"] else "DIFFERENT"
+        rows.append(("run's final_test_acc", f"{100 * report['run_final_test_acc']:.2f}% ({same})"))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+    classes, confusion = report["classes"], torch.tensor(report["confusion"])
+    order = sorted(range(len(classes)), key=lambda i: report["per_class_acc"][classes[i]])[:MAX_TABLE_CLASSES]
+    order = order if len(classes) > MAX_TABLE_CLASSES else range(len(classes))
+    per_class = Table(title="per class" + (f" (the {MAX_TABLE_CLASSES} weakest)" if len(classes) > MAX_TABLE_CLASSES else ""))
+    for col in ("class", "accuracy", "images", "most often taken for"):
+        per_class.add_column(col, justify="left" if col in ("class", "most often taken for") else "right")
+    for i in order:
+        wrong = confusion[i].clone()
+        wrong[i] = 0
+        j = int(wrong.argmax())
+        mistaken = f"{classes[j]} ({int(wrong[j])})" if wrong[j] > 0 else "-"
+        per_class.add_row(classes[i], f"{100 * report['per_class_acc'][classes[i]]:.2f}%",
+                          str(int(confusion[i].sum())), mistaken)
+    console.print(per_class)
+    if len(classes) <= 10:
+        matrix = Table(title="confusion matrix (rows: true, columns: predicted)")
+        matrix.add_column("")
+        for name in classes:
+            matrix.add_column(name[:8], justify="right")
+        for name, row in zip(classes, confusion.tolist()):
+            matrix.add_row(name, *map(str, row))
+        console.print(matrix)
+    if "output" in report:
+        console.print(f"saved {Path(report['output']) / 'evaluation.json'} and confusion.png", highlight=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message}; see `python -m resnet_lite.evaluate --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m resnet_lite.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description=__doc__.split("\n\n")[0],
+                epilog="Under `accelerate launch -m resnet_lite.evaluate ...` the processes split the images and "
+                       "add up their counts.\nWith the run's last weights, test data, precision and eval batch size "
+                       "the accuracy equals summary.json's final_test_acc.")
+    p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
+    p.add_argument("--data", metavar="SPEC", help=f"dataset ({SPECS}); default: the run's own")
+    p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
+    p.add_argument("--split", choices=SPLITS, default="test")
+    p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
+    p.add_argument("--tta", action="store_true", help="average the logits of each image and its horizontal flip")
+    p.add_argument("--batch-size", type=int, help="GLOBAL images per batch (default: the run's eval_batch_size)")
+    p.add_argument("--image-size", type=int, help="resize imagefolder images to this square size (data.image_size)")
+    p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
+                   help="auto: the run's own, where this machine has it")
+    p.add_argument("--output", metavar="DIR", help="where evaluation.json and confusion.png go (default: the run directory)")
+    p.add_argument("--json", action="store_true", help="print evaluation.json's content instead of tables")
+    return p
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    report = evaluate(args.path, args.data, args.split, args.weights, args.tta, args.batch_size, args.mixed_precision,
+                      args.output, args.data_dir, args.image_size)
+    if "output" in report:  # the main process
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print_report(report)
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Classify image files with a trained model: the top-k classes and their probabilities.
+
+    python -m resnet_lite.predict runs/m5 cat.jpg dog.png           # a table
+    python -m resnet_lite.predict runs/m5 photos/ --top-k 3 --json  # every image under photos/, as JSON on stdout
+
+Any format and size PIL reads: each image is converted to RGB and resized to the model's input size with PIL's
+bilinear filter, as resnet_lite.data prepares imagefolder datasets. Directories are searched recursively for files
+with an image extension. A file that cannot be read is reported on stderr and the others are still predicted.
+Exit status: 0 when at least one image was predicted; 2 (with a one-line error) when none could be.
+"""
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from .errors import UserError, cli
+from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
+
+__all__ = ["find_images", "read_image", "predict", "main"]
+
+
+def _image_extensions() -> set[str]:
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
+    """(image files, [(path, problem)]): files as given, directories walked in sorted order for image extensions."""
+    files, problems, extensions = [], [], _image_extensions()
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = [Path(parent) / name for parent, _, names in sorted(os.walk(path, followlinks=True))
+                     for name in sorted(names)
+                     if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions]
+            if not found:
+                problems.append((str(path), "is a directory with no image files"))
+            files += found
+        elif path.exists():
+            files.append(path)
+        else:
+            problems.append((str(path), "does not exist"))
+    return files, problems
+
+
+def read_image(path, size: int) -> torch.Tensor:
+    """uint8 3 x size x size: RGB, resized with PIL's bilinear filter. Raises OSError/ValueError when unreadable."""
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if run.image_size is None:
+        raise UserError(f"{run.weights} does not record the model's input size; re-export it with resnet_lite")
+    files, problems = find_images(paths)
+    model = run.model.to(device)
+    k = min(top_k, len(run.classes))
+    results = []
+    for start in range(0, len(files), batch_size):
+        names, images = [], []
+        for path in files[start : start + batch_size]:
+            try:
+                images.append(read_image(path, run.image_size))
+                names.append(str(path))
+            except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+                problems.append((str(path), f"cannot be read as an image ({e})"))
+        if not images:
+            continue
+        probs = model(run.normalize(torch.stack(images).to(device))).float().softmax(1)
+        values, indices = probs.topk(k, dim=1)
+        for name, vs, ix in zip(names, values.tolist(), indices.tolist()):
+            results.append({"file": name, "top": [{"label": run.classes[i], "index": i, "probability": v}
+                                                  for v, i in zip(vs, ix)]})
+    return results, problems
+
+
+def print_table(results: list[dict], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("file", overflow="fold")
+    for i in range(len(results[0]["top"])):
+        table.add_column(f"#{i + 1}", justify="left")
+    for r in results:
+        table.add_row(r["file"], *(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top"]))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message}; see `python -m resnet_lite.predict --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m resnet_lite.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
+                description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+    p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
+    p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
+    p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--json", action="store_true", help="print a JSON list to stdout instead of a table")
+    return p
+
+
+@cli
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.top_k < 1 or args.batch_size < 1:
+        raise UserError("--top-k and --batch-size must be >= 1")
+    run = load_run(args.path, args.weights)
+    results, problems = predict(run, args.images, args.top_k, args.batch_size, args.device)
+    for path, problem in problems:
+        print(f"warning: {path} {problem}", file=sys.stderr)
+    if not results:
+        raise UserError(f"no image could be predicted ({len(problems)} problem(s) above); give image files or "
+                        f"directories holding them")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results, f"{run.meta['model']}: {run.weights}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

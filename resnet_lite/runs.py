@@ -1,0 +1,117 @@
+"""What a finished run hands to evaluate, predict and export: its model with weights, preprocessing and config.
+
+    run = load_run("runs/model5-20250101-120000")            # model_last.safetensors of a run directory
+    run = load_run("runs/m5/model_best.safetensors")         # a weights file (its run's config.yaml when beside it)
+    run = load_run("exports/m5")                              # a timm-style folder written by `export --format safetensors`
+    logits = run.model(run.normalize(uint8_images))
+
+Weights files carry their own description (resnet_lite.checkpoint.save_weights metadata: model, num_classes,
+in_chans, image_size, classes, mean, std), so a file alone is enough to rebuild the model and its preprocessing.
+"""
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .augment import build_normalize
+from .checkpoint import atomic_write, load_weights
+from .config import TrainConfig, from_dict, read_yaml
+from .errors import UserError
+from .models import create_model
+
+__all__ = ["Run", "load_run", "write_text", "WEIGHTS", "RUN_OR_WEIGHTS"]
+
+WEIGHTS = {"last": "model_last.safetensors", "best": "model_best.safetensors"}
+RUN_OR_WEIGHTS = "a run directory, a .safetensors weights file or a folder written by `export --format safetensors`"
+_META_KEYS = ("model", "num_classes", "in_chans", "classes", "mean", "std")
+
+
+@dataclass
+class Run:
+    model: torch.nn.Module  # in eval mode, on the CPU
+    meta: dict  # model, num_classes, in_chans, image_size, classes, mean, std (and epoch for a run's weights)
+    weights: Path
+    run_dir: Path | None  # the training run the weights come from, when they sit in one
+    config: TrainConfig | None  # that run's resolved config.yaml
+    summary: dict | None  # that run's summary.json, once it finished
+    normalize: Callable  # uint8 N x 3 x H x W (any device) -> the float input the model was trained on
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    @property
+    def image_size(self) -> int | None:
+        return self.meta.get("image_size")
+
+
+def _timm_folder(folder: Path) -> tuple[dict, dict]:
+    """(state_dict, meta) of a timm-style export folder: config.json + model.safetensors."""
+    try:
+        cfg = json.loads((folder / "config.json").read_text())
+        pre = cfg["pretrained_cfg"]
+        meta = {"model": cfg["architecture"], "num_classes": cfg["num_classes"], "in_chans": pre["input_size"][0],
+                "image_size": pre["input_size"][-1], "classes": cfg.get("label_names") or
+                [str(i) for i in range(cfg["num_classes"])], "mean": pre["mean"], "std": pre["std"]}
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        raise UserError(f"{folder / 'config.json'} is not a timm model config ({type(e).__name__}: {e}); "
+                        f"give {RUN_OR_WEIGHTS}") from None
+    state_dict, _ = load_weights(folder / "model.safetensors")
+    return state_dict, meta
+
+
+def _weights_path(path: Path, which: str) -> Path:
+    if not path.exists():
+        raise UserError(f"{path} does not exist; give {RUN_OR_WEIGHTS}")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            hint = " (a training checkpoint: give its run directory instead)" if path.suffix in (".pt", ".pth") else ""
+            raise UserError(f"{path} is not a .safetensors weights file{hint}; give {RUN_OR_WEIGHTS}")
+        return path
+    weights = path / WEIGHTS[which]
+    if not weights.is_file():
+        other = next((k for k, name in WEIGHTS.items() if k != which and (path / name).is_file()), None)
+        hint = f"; its {WEIGHTS[other]} exists: use --weights {other}" if other else (
+            "; the run has not finished an epoch yet" if (path / "config.yaml").is_file() else f"; give {RUN_OR_WEIGHTS}")
+        raise UserError(f"{path} has no {WEIGHTS[which]}{hint}")
+    return weights
+
+
+def load_run(path, which: str = "last") -> Run:
+    """The model and preprocessing of `path`: a run directory (its model_<which>.safetensors), a weights file, or a
+    timm-style export folder. The run's config and summary come along when the weights sit in a run directory."""
+    path = Path(path)
+    if which not in WEIGHTS:
+        raise UserError(f"--weights {which} is not one of {', '.join(WEIGHTS)}")
+    if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        weights = path / "model.safetensors"
+        state_dict, meta = _timm_folder(path)
+    else:
+        weights = _weights_path(path, which)
+        state_dict, meta = load_weights(weights)
+        if missing := [k for k in _META_KEYS if k not in meta]:
+            raise UserError(f"{weights} lacks the metadata {', '.join(missing)} that resnet_lite.train writes; "
+                            f"give {RUN_OR_WEIGHTS}")
+    model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
+    try:
+        model.load_state_dict(state_dict)
+    except RuntimeError as e:
+        raise UserError(f"{weights} does not fit {meta['model']} ({str(e).splitlines()[0]}); "
+                        f"the file's metadata and tensors disagree") from None
+    model.eval()
+
+    run_dir, config, summary = weights.parent, None, None
+    if (run_dir / "config.yaml").is_file():
+        config = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
+        if (run_dir / "summary.json").is_file():
+            summary = json.loads((run_dir / "summary.json").read_text())
+    else:
+        run_dir = None
+    return Run(model, meta, weights, run_dir, config, summary, build_normalize(meta["mean"], meta["std"]))
+
+
+def write_text(path, text: str) -> Path:
+    """Write a whole text file atomically (readers never see half of it)."""
+    return atomic_write(path, lambda f: f.write(text), mode="w")
