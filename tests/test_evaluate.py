@@ -1,0 +1,129 @@
+"""evaluate: the trainer's own measurement reproduced from the files a run leaves, TTA, other data, several processes,
+and one-line errors for the wrong input. Every test uses a real run trained once per session (tiny_run.py)."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_imagefolder
+from resnet_lite import UserError
+from resnet_lite.data import DataConfig, load_data
+from resnet_lite.evaluate import evaluate, main
+from resnet_lite.runs import load_run
+from tiny_run import SETTINGS, TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_reproduces_the_runs_final_accuracy_and_writes_its_files(tiny_run):
+    report = evaluate(tiny_run)  # everything from the run: its last weights, data, eval batch size and precision
+    summary = _summary(tiny_run)
+    assert report["acc"] == summary["final_test_acc"] and report["run_final_test_acc"] == summary["final_test_acc"]
+    assert report["samples"] == summary["eval_samples"] == TEST_IMAGES
+    assert report["per_class_acc"] == summary["per_class_acc"]
+    assert report["loss"] == pytest.approx(summary["final_test_loss"], rel=1e-6)
+    assert 0.15 < report["acc"] < 1.0  # the run learnt something, and not everything: the checks above can fail
+
+    saved = json.loads((tiny_run / "evaluation.json").read_text())
+    assert saved["acc"] == report["acc"] and saved["confusion"] == report["confusion"]
+    confusion = torch.tensor(saved["confusion"])
+    assert confusion.shape == (10, 10) and confusion.sum() == TEST_IMAGES
+    assert confusion.diag().sum().item() == round(report["acc"] * TEST_IMAGES)
+    with Image.open(tiny_run / "confusion.png") as png:
+        assert png.format == "PNG" and png.size[0] > 400
+
+
+def test_tta_averages_the_logits_of_each_image_and_its_mirror(tiny_run, tmp_path):
+    report = evaluate(tiny_run, weights="best", tta=True, output=tmp_path)
+    run = load_run(tiny_run, "best")
+    test = load_data(DataConfig("synthetic", synthetic_train=512, synthetic_test=TEST_IMAGES, image_size=8)).test
+    with torch.no_grad():
+        x = run.normalize(test.images)
+        tta = (run.model(x) + run.model(x.flip(3))) / 2
+        plain = run.model(x)
+    assert report["acc"] == (tta.argmax(1) == test.labels).double().mean().item()
+    assert not torch.equal(tta.argmax(1), plain.argmax(1))  # the flip changes some predictions: TTA is really on
+    assert report["tta"] and report["weights"].endswith("model_best.safetensors")
+    assert "run_final_test_acc" not in report  # best weights with TTA measure something else than the summary
+    assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "confusion.png").is_file()
+
+
+def test_cli_prints_tables(tiny_run, tmp_path, capsys):
+    assert main([str(tiny_run), "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    acc = _summary(tiny_run)["final_test_acc"]
+    assert f"{100 * acc:.2f}% (the same)" in out
+    assert "per class" in out and "confusion matrix" in out and all(f"class{i}" in out for i in range(10))
+    assert json.loads((tmp_path / "evaluation.json").read_text())["acc"] == acc
+
+
+def test_weights_file_alone_needs_data_of_the_models_size(tiny_run, tmp_path):
+    weights = shutil.copy(tiny_run / "model_last.safetensors", tmp_path / "m.safetensors")  # no config.yaml beside it
+    with pytest.raises(UserError, match="give --data"):
+        evaluate(weights)
+    images = tmp_path / "images"  # real PNG/JPEG files of the model's classes, twice the model's size
+    write_imagefolder(images, classes=[f"class{i}" for i in range(10)], counts={"train": 1, "test": 3}, size=(16, 16))
+    spec, cache = f"imagefolder:{images}", str(tmp_path / "cache")
+    with pytest.raises(UserError, match="add --image-size 8"):
+        evaluate(weights, data=spec, data_dir=cache)
+    report = evaluate(weights, data=spec, data_dir=cache, image_size=8)
+    assert report["samples"] == 30 and sum(map(sum, report["confusion"])) == 30
+    assert (tmp_path / "evaluation.json").is_file() and "run_final_test_acc" not in report
+
+
+def test_data_with_other_classes_is_refused(tiny_run, tmp_path, capsys):
+    write_imagefolder(tmp_path / "images", size=(8, 8))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_run), "--data", f"imagefolder:{tmp_path / 'images'}", "--data-dir", str(tmp_path / "cache"),
+              "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "classes [cat, dog, frog] (3)" in err and "trained on [class0" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing", "does not exist"),
+    (lambda d: (d / "c.pt").write_bytes(b"x") and d / "c.pt", "training checkpoint: give its run directory"),
+    (lambda d: (d / "w.safetensors").write_bytes(b"not safetensors") and d / "w.safetensors", "cannot read"),
+    (lambda d: (d / "empty").mkdir() or d / "empty", "has no model_last.safetensors"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, make, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(make(tmp_path))])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
+
+
+def test_unfinished_run_points_to_its_best_weights(tiny_run, tmp_path):
+    run = shutil.copytree(tiny_run, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    (run / "model_last.safetensors").unlink()  # as while the run is still training
+    with pytest.raises(UserError, match="use --weights best"):
+        evaluate(run)
+    assert evaluate(run, weights="best", output=tmp_path)["samples"] == TEST_IMAGES
+
+
+@pytest.mark.slow
+def test_accelerate_launch_two_processes_count_every_image_once(tiny_run, tmp_path):
+    """Two gloo processes on the CPU (launch/cpu.yaml): shards of 50 and 51 images, sums reduced, one report."""
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1", WANDB_MODE="disabled")
+    cmd = [str(BIN / "accelerate"), "launch", "--config_file", str(REPO / "launch" / "cpu.yaml"),
+           "-m", "resnet_lite.evaluate", str(tiny_run), "--output", str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("per class") == 1  # the main process alone prints
+    two = json.loads((tmp_path / "evaluation.json").read_text())
+    one = evaluate(tiny_run, output=tmp_path / "one")
+    assert two["world_size"] == 2 and two["samples"] == TEST_IMAGES
+    assert two["confusion"] == one["confusion"] and two["loss"] == pytest.approx(one["loss"], rel=1e-5)

@@ -1,0 +1,119 @@
+"""sweep: a real two-preset study with tiny settings, stopped mid-run, resumed two runs at a time, then skipped;
+the tables and the figure it leaves; one-line errors before anything starts."""
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from PIL import Image
+
+from resnet_lite.sweep import main
+
+TINY = ["--epochs", "2", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.synthetic_train=256",
+        "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64", "checkpoint_every_steps=4"]
+PRESETS = ["model5", "model8"]
+
+
+def _sweep(out, *extra):
+    return [sys.executable, "-m", "resnet_lite.sweep", *PRESETS, "--output-dir", str(out), *TINY, *extra]
+
+
+def _env():
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    return env
+
+
+def _interrupt_after_first_checkpoint(out):
+    proc = subprocess.Popen(_sweep(out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((out / "model5" / "checkpoints").glob("step-*.pt")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the sweep wrote no checkpoint: {proc.communicate()}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)  # what `kill` or a cluster's cancel sends
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+def test_interrupted_sweep_resumes_and_writes_tables_and_figure(tmp_path):
+    out = tmp_path / "sweep"
+    rc, stdout, stderr = _interrupt_after_first_checkpoint(out)
+    assert rc == 130, stderr
+    trainer = int(re.search(r"model5: started \(pid (\d+)\)", stdout).group(1))
+    assert not _pid_alive(trainer)  # the sweep stopped its trainer rather than orphaning it
+    assert not (out / "model5" / "summary.json").exists() and not (out / "model8").exists()
+    md = (out / "results.md").read_text()
+    assert re.search(r"\| model5 \|.*\| interrupted \|", md) and re.search(r"\| model8 \|.*\| not started \|", md)
+
+    # again, two at a time: model5 continues from its checkpoint while model8 starts
+    proc = subprocess.run(_sweep(out, "--gpus", "0,1"), env=_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    starts = [i for i, line in enumerate(lines) if re.match(r"model[58]: started on GPU [01]", line)]
+    finishes = [i for i, line in enumerate(lines) if re.match(r"model[58]: finished, best", line)]
+    assert len(starts) == len(finishes) == 2 and max(starts) < min(finishes)  # both ran at once
+    log5 = (out / "model5" / "train.log").read_text()
+    assert "resuming" in log5 and "CUDA_VISIBLE_DEVICES=0 " in log5
+    assert "CUDA_VISIBLE_DEVICES=1 " in (out / "model8" / "train.log").read_text()
+    metrics = [json.loads(line) for line in (out / "model5" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and [m["step"] for m in metrics] == [8, 16]
+
+    summaries = {p: json.loads((out / p / "summary.json").read_text()) for p in PRESETS}
+    with open(out / "results.csv", newline="") as f:
+        rows = {r["preset"]: r for r in csv.DictReader(f)}
+    assert list(rows) == PRESETS
+    for preset, seed_acc, variant in (("model5", "91.47", "lite_r4b2"), ("model8", "91.24", "lite_r4b3")):
+        row, s = rows[preset], summaries[preset]
+        assert (row["seed_acc"], row["variant"], row["status"], row["epochs"]) == (seed_acc, variant, "finished", "2")
+        assert float(row["best_acc"]) == pytest.approx(100 * s["best_test_acc"], abs=1e-4)
+        assert float(row["final_acc"]) == pytest.approx(100 * s["final_test_acc"], abs=1e-4)
+        assert int(row["params"]) == s["params"] and float(row["seconds"]) > 0
+    md = (out / "results.md").read_text()
+    assert "| model5 | 5 | 128 | 128 | adam | 0.01 | lite_r4b2 | 2,799,146 | 91.47 | 2 |" in md
+    assert "--epochs 2 --data synthetic" in md  # the shared settings are stated beside the seed's numbers
+    with Image.open(out / "results.png") as png:
+        assert png.format == "PNG" and png.size[0] > 600
+
+    # a third time: nothing left to do
+    mtimes = {p: (out / p / "summary.json").stat().st_mtime_ns for p in PRESETS}
+    proc = subprocess.run(_sweep(out), env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.count("finished earlier, skipped") == 2
+    assert mtimes == {p: (out / p / "summary.json").stat().st_mtime_ns for p in PRESETS}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["model55"], "unknown preset 'model55'; did you mean model5"),
+    (["model5", "optim.lrr=0.1"], "unknown setting 'optim.lrr'"),
+    (["model5", "--gpus", "zero"], "--gpus zero is not a comma-separated list"),
+    (["model5", "model5"], "listed twice"),
+])
+def test_mistakes_stop_before_any_run(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--output-dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_help_names_the_presets_and_the_files(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    assert "model0 model1" in out and "results.md" in out and "--gpus" in out and "--resume" in out
