@@ -23,6 +23,7 @@ import yaml
 
 from .augment import AugmentConfig
 from .data import DataConfig
+from .ema import TTA_LEVELS, EMAConfig
 from .errors import UserError
 from .optim import OptimConfig, ScheduleConfig
 
@@ -50,6 +51,8 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
     label_smoothing: float = 0.0
+    tta: int = 0  # test-time augmentation at every evaluation: 0 none, 1 flip, 2 flip + 1-pixel translate (airbench)
+    drop_last: bool = False  # skip each epoch's final partial batch (fixed shapes: no recompile under torch.compile)
     wandb: str = field(default="auto", metadata={"choices": WANDB_MODES})  # auto: online when logged in, else disabled
     wandb_project: str = "resnet_lite"
     checkpoint_every_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch only
@@ -58,6 +61,7 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)  # evaluate (and save) an average of the weights
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "keep_checkpoints"):
@@ -70,6 +74,8 @@ class TrainConfig:
                             f"micro-batches; use a batch_size divisible by {self.grad_accum}")
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
+        if self.tta not in TTA_LEVELS:
+            raise UserError(f"tta={self.tta} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
 
 
 # ---------------------------------------------------------------------------------------------- dict <-> dataclass

@@ -45,6 +45,7 @@ from .checkpoint import (CHECKPOINT_DIR, find_checkpoint, load_checkpoint, rng_s
                          set_rng_state)
 from .config import TrainConfig, list_presets, resolve_config, to_dict
 from .data import SPECS, DeviceLoader, load_data
+from .ema import TTA, build_ema, update_ema
 from .errors import UserError, cli
 from .loggers import (Progress, log_wandb_final, plot_curves, print_final, read_metrics, wandb_mode, write_json,
                       write_metrics, write_yaml)
@@ -186,14 +187,20 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     if cfg.sync_bn and world > 1:
         net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     net = net.to(device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+    ema = build_ema(cfg.ema, net)
+    if ema is not None and state and state.get("ema") is not None:
+        ema.module.load_state_dict(state["ema"])
+    evaluated_net = ema.module if ema is not None else net  # what is evaluated and saved
     try:  # only now: a mistake in the data or model settings leaves no empty run directory behind
         (run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --output-dir") from None
 
     train_loader = DeviceLoader(ds.train, cfg.batch_size, device=device, train=True, rank=rank, world_size=world,
-                                seed=cfg.seed)
+                                seed=cfg.seed, drop_last=cfg.drop_last)
     test_loader = DeviceLoader(ds.test, cfg.eval_batch_size, device=device, train=False, rank=rank, world_size=world)
+    val_loader = None if ds.val is None else DeviceLoader(ds.val, cfg.eval_batch_size, device=device, train=False,
+                                                          rank=rank, world_size=world)
     steps_per_epoch = len(train_loader)
     if steps_per_epoch == 0:
         raise UserError(f"{len(ds.train)} training images make no batch of {cfg.batch_size}; lower --batch-size")
@@ -201,7 +208,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, cfg.epochs)
     model, optimizer = accelerator.prepare(net, optimizer)  # not the loaders: they shard themselves
     train_model = torch.compile(model) if cfg.compile else model
-    eval_model = torch.compile(net) if cfg.compile else net  # plain module: no collective in forward
+    # plain module: no collective in forward
+    eval_model = TTA(torch.compile(evaluated_net) if cfg.compile else evaluated_net, cfg.tta)
     augment = build_augment(cfg.augment, ds.mean, ds.std)
     normalize = build_normalize(ds.mean, ds.std)
     generator = torch.Generator(device=device)
@@ -209,6 +217,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
 
     epoch0, batch0, step, elapsed = 0, 0, 0, 0.0
     best, rows, loss0, seen0 = {"acc": -1.0, "epoch": 0}, [], 0.0, 0
+    best_val = {"acc": -1.0, "epoch": 0, "test_acc": None}  # model selection on the held-out split, when there is one
     wandb_id = None
     if state:
         optimizer.load_state_dict(state["optimizer"])
@@ -217,12 +226,13 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             accelerator.scaler.load_state_dict(state["scaler"])
         epoch0, batch0, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
         best, loss0, seen0, wandb_id = state["best"], state["train_loss_sum"], state["train_images"], state["wandb_id"]
+        best_val = state.get("best_val") or best_val
         set_rng_state(state["rng"])
         rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch0]
 
     progress = Progress(is_main, cfg.epochs, steps_per_epoch)
     meta = {"model": cfg.model, "num_classes": num_classes, "in_chans": 3, "image_size": image_size,
-            "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std)}
+            "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std), "ema": cfg.ema.enabled}
     if is_main:
         write_yaml(to_dict(cfg), run_dir / "config.yaml")
         write_metrics(rows, run_dir / "metrics.jsonl")
@@ -246,6 +256,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
                 "epoch": epoch, "batch": batch, "step": step, "config": to_dict(cfg), "rng": rng_state(),
                 "train_loss_sum": float(loss_sum), "train_images": seen, "best": dict(best),
                 "elapsed": elapsed + time.perf_counter() - t_start, "world_size": world, "wandb_id": wandb_id,
+                "ema": ema.module.state_dict() if ema is not None else None, "best_val": dict(best_val),
             }, run_dir / CHECKPOINT_DIR, cfg.keep_checkpoints)
 
     result, last_curves, first_indices = None, time.perf_counter(), None
@@ -277,6 +288,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
+            update_ema(ema, net, cfg.ema, step)
             seen += n
             epoch_images += n * world
             progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
@@ -289,20 +301,27 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
         evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         if evaluated:
             if world > 1 and not cfg.sync_bn:
-                _average_bn_stats(net, accelerator)
+                _average_bn_stats(evaluated_net, accelerator)
             result = evaluate(eval_model, test_loader, normalize, num_classes, accelerator, cfg.channels_last)
+            if val_loader is not None:
+                val_result = evaluate(eval_model, val_loader, normalize, num_classes, accelerator, cfg.channels_last)
         row = {"epoch": epoch + 1, "step": step, "train_loss": train_loss,
                "test_loss": result["loss"] if evaluated else None, "test_acc": result["acc"] if evaluated else None,
                "lr": lr, "epoch_seconds": time.perf_counter() - t_epoch,
                "images_per_second": epoch_images / max(train_seconds, 1e-9)}
+        if val_loader is not None:
+            row.update(val_loss=val_result["loss"] if evaluated else None, val_acc=val_result["acc"] if evaluated else None)
         rows.append(row)
         improved = evaluated and row["test_acc"] > best["acc"]  # the same on every rank: the metrics are reduced
         if improved:
             best = {"acc": row["test_acc"], "epoch": epoch + 1}
+        selected = improved if val_loader is None else evaluated and row["val_acc"] > best_val["acc"]
+        if selected and val_loader is not None:
+            best_val = {"acc": row["val_acc"], "epoch": epoch + 1, "test_acc": row["test_acc"]}
         if is_main:
             write_metrics(rows, run_dir / "metrics.jsonl")
-            if improved:
-                save_weights(net.state_dict(), run_dir / "model_best.safetensors", dict(meta, epoch=epoch + 1))
+            if selected:
+                save_weights(evaluated_net.state_dict(), run_dir / "model_best.safetensors", dict(meta, epoch=epoch + 1))
             if time.perf_counter() - last_curves > CURVES_EVERY:
                 plot_curves(rows, run_dir / "curves.png", run_dir.name)
                 last_curves = time.perf_counter()
@@ -321,7 +340,12 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
         "final_test_loss": result["loss"], "per_class_acc": dict(zip(ds.classes, result["per_class"])),
         "params": params, "world_size": world, "eval_samples": result["samples"], "total_seconds": elapsed,
         "mixed_precision": accelerator.mixed_precision, "devices": devices, "versions": _versions(),
+        "ema": cfg.ema.enabled, "tta": cfg.tta,
     }
+    if val_loader is not None:  # model_best.safetensors is the best epoch on the held-out split, not on the test set
+        last_val = next((r["val_acc"] for r in reversed(rows) if r.get("val_acc") is not None), None)
+        summary.update(final_val_acc=last_val, best_val_acc=best_val["acc"], best_val_epoch=best_val["epoch"],
+                       test_acc_at_best_val=best_val["test_acc"])
     if os.environ.get("RESNET_LITE_RANK_REPORT"):
         report = Path(os.environ["RESNET_LITE_RANK_REPORT"])
         report.mkdir(parents=True, exist_ok=True)
@@ -330,7 +354,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             "train_indices_first_epoch": first_indices.tolist() if first_indices is not None else [],
             "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples}))
     if is_main:
-        save_weights(net.state_dict(), run_dir / "model_last.safetensors", dict(meta, epoch=len(rows)))
+        save_weights(evaluated_net.state_dict(), run_dir / "model_last.safetensors", dict(meta, epoch=len(rows)))
         write_json(summary, run_dir / "summary.json")
         plot_curves(rows, run_dir / "curves.png", run_dir.name)
         if mode != "disabled":
