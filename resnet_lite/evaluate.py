@@ -201,10 +201,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m resnet_lite.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=__doc__.split("\n\n")[0],
-                epilog="Under `accelerate launch -m resnet_lite.evaluate ...` the processes split the images and "
-                       "add up their counts.\nWith the run's last weights, test data, precision and eval batch size "
-                       "the accuracy equals summary.json's final_test_acc.")
+                description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("--data", metavar="SPEC", help=f"dataset ({SPECS}); default: the run's own")
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")

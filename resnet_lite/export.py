@@ -181,7 +181,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parts = __doc__.split("\n\n")
     p = _Parser(prog="python -m resnet_lite.export", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=parts[0], epilog="\n\n".join(parts[2:]))
+                description=parts[0], epilog="\n\n".join(parts[1:]))
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx: a .onnx file; torchscript: a .pt archive; safetensors: a timm folder")

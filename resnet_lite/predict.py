@@ -59,7 +59,10 @@ def read_image(path, size: int) -> torch.Tensor:
 @torch.no_grad()
 def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None) -> tuple[list[dict], list[tuple[str, str]]]:
     """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {device} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
     if run.image_size is None:
         raise UserError(f"{run.weights} does not record the model's input size; re-export it with resnet_lite")
     files, problems = find_images(paths)
@@ -104,7 +107,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m resnet_lite.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[2:]))
+                description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")

@@ -140,15 +140,21 @@ def plot_results(rows: list[dict], path) -> None:
 
 def _stop(running: dict) -> None:
     """SIGTERM each trainer's process group (a launcher's workers too), then SIGKILL what is left after STOP_GRACE."""
+    def signal_group(proc, sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group has already gone
+            pass
+
     for proc in running:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE
     for proc in running:
         try:
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            signal_group(proc, signal.SIGKILL)
             proc.wait()
 
 
@@ -231,7 +237,7 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parts = __doc__.split("\n\n")
     p = _Parser(prog="python -m resnet_lite.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=parts[0], epilog="\n\n".join(parts[2:]))
+                description=parts[0], epilog="\n\n".join(parts[1:]))
     p.add_argument("items", nargs="*", metavar="PRESET_OR_KEY=VALUE",
                    help=f"presets to run (default: {' '.join(list_presets())}) and overrides for every run, "
                         "e.g. data.image_size=16")
