@@ -2,12 +2,13 @@
 
     python -m resnet_lite.evaluate runs/m5                          # model_last.safetensors on the run's own test data
     python -m resnet_lite.evaluate runs/m5 --weights best --tta     # the best epoch, averaging x and its mirror image
+    python -m resnet_lite.evaluate runs/m5 --tta 2                  # ... and the pair shifted by a pixel (airbench)
     python -m resnet_lite.evaluate runs/m5/model_last.safetensors --data imagefolder:~/cifar10-jpeg --output eval/
     accelerate launch -m resnet_lite.evaluate runs/m5               # each process takes a shard; the sums are reduced
 
 Writes evaluation.json and confusion.png into the run directory (or --output DIR). The computation is the trainer's
-own test pass (resnet_lite.train.evaluate), so the run's last weights on its test data, with its precision and eval
-batch size, give exactly the summary's final_test_acc.
+own test pass (resnet_lite.train.evaluate through resnet_lite.ema.TTA), so the run's last weights on its test data, with
+its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
 """
 import argparse
 import dataclasses
@@ -21,25 +22,15 @@ from accelerate.state import AcceleratorState, GradientState
 
 from .checkpoint import atomic_write
 from .data import SPECS, DataConfig, DeviceLoader, load_data
+from .ema import TTA, TTA_LEVELS
 from .errors import UserError, cli
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run, write_text
 from .train import _mixed_precision, evaluate as evaluate_split
 
-__all__ = ["FlipTTA", "evaluate", "plot_confusion", "main"]
+__all__ = ["evaluate", "plot_confusion", "main"]
 
 SPLITS = ("test", "val", "train")
 MAX_TABLE_CLASSES = 20  # per-class rows printed; more classes: the weakest ones
-
-
-class FlipTTA(torch.nn.Module):
-    """Test-time augmentation: the mean of the logits of each image and its horizontal mirror."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x):
-        return (self.model(x) + self.model(x.flip(3))) / 2
 
 
 def _precision(setting: str, run: Run) -> str:
@@ -60,16 +51,18 @@ def _data_config(run: Run, spec: str | None, data_dir: str | None, image_size: i
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
-def evaluate(path, data: str | None = None, split: str = "test", weights: str = "last", tta: bool = False,
+def evaluate(path, data: str | None = None, split: str = "test", weights: str = "last", tta: int | None = None,
              batch_size: int | None = None, mixed_precision: str = "auto", output=None, data_dir: str | None = None,
              image_size: int | None = None) -> dict:
     """Evaluate the model at `path` (see resnet_lite.runs.load_run) on a split of `data` (default: the run's own data).
+    tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.ema.TTA); None: the run's own level (else 0).
 
     Every process of `accelerate launch` takes its shard; the returned result is the same on all. The main process
     writes evaluation.json and confusion.png into `output` (default: the run directory, else beside the weights)."""
     if split not in SPLITS:
         raise UserError(f"--split {split} is not one of {', '.join(SPLITS)}")
     run = load_run(path, weights)
+    tta = (run.config.tta if run.config else 0) if tta is None else tta
     data_cfg = _data_config(run, data, data_dir, image_size)
     batch_size = batch_size or (run.config.eval_batch_size if run.config else 512)
     accelerator = Accelerator(mixed_precision=_precision(mixed_precision, run))
@@ -86,10 +79,13 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
         if run.image_size and size != run.image_size:
             raise UserError(f"{data_cfg.spec} holds {size}x{size} images but the model was trained on "
                             f"{run.image_size}x{run.image_size}; add --image-size {run.image_size}")
-        model = run.model.to(accelerator.device)
+        # the run's memory format and compilation too: both change float rounding, and so a near tie's argmax
+        channels_last = bool(run.config and run.config.channels_last)
+        model = run.model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        model = torch.compile(model) if run.config and run.config.compile else model
         loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
-        result = evaluate_split(FlipTTA(model) if tta else model, loader, run.normalize, len(run.classes), accelerator)
+        result = evaluate_split(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)
         report = _report(run, data_cfg.spec, split, weights, tta, batch_size, result, accelerator)
         if accelerator.is_main_process:
             out = Path(output) if output else (run.run_dir or run.weights.parent)
@@ -118,8 +114,9 @@ def _report(run: Run, spec, split, weights, tta, batch_size, result, accelerator
         "classes": run.classes, "confusion": confusion.tolist(), "batch_size": batch_size,
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
     }
-    # the run's own final measurement is comparable: last weights, its test split, no TTA
-    if run.summary and run.weights.name == WEIGHTS["last"] and spec == run.config.data.spec and split == "test" and not tta:
+    # the run's own final measurement is comparable: last weights, its test split, its TTA level
+    if (run.summary and run.weights.name == WEIGHTS["last"] and spec == run.config.data.spec and split == "test"
+            and tta == run.config.tta):
         report["run_final_test_acc"] = run.summary["final_test_acc"]
     return report
 
@@ -159,7 +156,7 @@ def print_report(report: dict) -> None:
     table = Table(title=f"{report['model']}: {report['weights']}", show_header=False)
     rows = [("data", f"{report['data']} ({report['split']}, {report['samples']} images)"),
             ("accuracy", f"{100 * report['acc']:.2f}%"), ("loss", f"{report['loss']:.4f}"),
-            ("flip TTA", "yes" if report["tta"] else "no"),
+            ("TTA", ("none", "flip", "flip + translate")[report["tta"]]),
             ("processes / precision", f"{report['world_size']} / {report['mixed_precision']}")]
     if "run_final_test_acc" in report:
         same = "the same" if report["run_final_test_acc"] == report["acc"] else "DIFFERENT"
@@ -207,7 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
     p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
-    p.add_argument("--tta", action="store_true", help="average the logits of each image and its horizontal flip")
+    p.add_argument("--tta", nargs="?", type=int, const=1, choices=TTA_LEVELS, metavar="LEVEL",
+                   help="test-time augmentation: --tta (or 1) averages the logits of each image and its mirror, "
+                        "2 adds the pair shifted one pixel, 0 none (default: the run's own setting)")
     p.add_argument("--batch-size", type=int, help="GLOBAL images per batch (default: the run's eval_batch_size)")
     p.add_argument("--image-size", type=int, help="resize imagefolder images to this square size (data.image_size)")
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",

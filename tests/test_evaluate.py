@@ -27,8 +27,9 @@ def _summary(run):
 
 
 def test_reproduces_the_runs_final_accuracy_and_writes_its_files(tiny_run):
-    report = evaluate(tiny_run)  # everything from the run: its last weights, data, eval batch size and precision
+    report = evaluate(tiny_run)  # everything from the run: last weights, data, TTA level, eval batch size, precision
     summary = _summary(tiny_run)
+    assert report["tta"] == summary["tta"] == 1
     assert report["acc"] == summary["final_test_acc"] and report["run_final_test_acc"] == summary["final_test_acc"]
     assert report["samples"] == summary["eval_samples"] == TEST_IMAGES
     assert report["per_class_acc"] == summary["per_class_acc"]
@@ -44,19 +45,22 @@ def test_reproduces_the_runs_final_accuracy_and_writes_its_files(tiny_run):
         assert png.format == "PNG" and png.size[0] > 400
 
 
-def test_tta_averages_the_logits_of_each_image_and_its_mirror(tiny_run, tmp_path):
-    report = evaluate(tiny_run, weights="best", tta=True, output=tmp_path)
+def test_tta_levels_are_the_hand_computed_ones(tiny_run, tmp_path):
     run = load_run(tiny_run, "best")
     test = load_data(DataConfig("synthetic", synthetic_train=512, synthetic_test=TEST_IMAGES, image_size=8)).test
     with torch.no_grad():
         x = run.normalize(test.images)
-        tta = (run.model(x) + run.model(x.flip(3))) / 2
-        plain = run.model(x)
-    assert report["acc"] == (tta.argmax(1) == test.labels).double().mean().item()
-    assert not torch.equal(tta.argmax(1), plain.argmax(1))  # the flip changes some predictions: TTA is really on
-    assert report["tta"] and report["weights"].endswith("model_best.safetensors")
-    assert "run_final_test_acc" not in report  # best weights with TTA measure something else than the summary
-    assert (tmp_path / "evaluation.json").is_file() and (tmp_path / "confusion.png").is_file()
+        plain = run.model(x).argmax(1)
+        flip = ((run.model(x) + run.model(x.flip(3))) / 2).argmax(1)
+    assert not torch.equal(plain, flip)  # the mirror image changes some predictions: the level matters
+    for level, pred in ((0, plain), (1, flip)):
+        report = evaluate(tiny_run, weights="best", tta=level, output=tmp_path)
+        assert report["acc"] == (pred == test.labels).double().mean().item() and report["tta"] == level
+        assert report["weights"].endswith("model_best.safetensors")
+        assert "run_final_test_acc" not in report  # best weights measure something else than the summary's final
+    assert evaluate(tiny_run, tta=2, output=tmp_path)["tta"] == 2
+    assert "run_final_test_acc" not in json.loads((tmp_path / "evaluation.json").read_text())  # not the run's level
+    assert (tmp_path / "confusion.png").is_file()
 
 
 def test_cli_prints_tables(tiny_run, tmp_path, capsys):
@@ -64,7 +68,7 @@ def test_cli_prints_tables(tiny_run, tmp_path, capsys):
     out = capsys.readouterr().out
     acc = _summary(tiny_run)["final_test_acc"]
     assert f"{100 * acc:.2f}% (the same)" in out
-    assert "per class" in out and "confusion matrix" in out and all(f"class{i}" in out for i in range(10))
+    assert "flip" in out and "per class" in out and "confusion matrix" in out and all(f"class{i}" in out for i in range(10))
     assert json.loads((tmp_path / "evaluation.json").read_text())["acc"] == acc
 
 
@@ -78,7 +82,7 @@ def test_weights_file_alone_needs_data_of_the_models_size(tiny_run, tmp_path):
     with pytest.raises(UserError, match="add --image-size 8"):
         evaluate(weights, data=spec, data_dir=cache)
     report = evaluate(weights, data=spec, data_dir=cache, image_size=8)
-    assert report["samples"] == 30 and sum(map(sum, report["confusion"])) == 30
+    assert report["tta"] == 0 and report["samples"] == 30 and sum(map(sum, report["confusion"])) == 30
     assert (tmp_path / "evaluation.json").is_file() and "run_final_test_acc" not in report
 
 
