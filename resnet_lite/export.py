@@ -6,7 +6,7 @@
         then: timm.create_model("local-dir:exports/m5", pretrained=True)
 
 Every format takes the normalised image, float32 N x 3 x H x W ((pixel / 255 - mean) / std, mean/std of the training
-data), and returns N x num_classes logits. After writing, the file is loaded back (onnxruntime, torch.jit.load, timm)
+data), and returns N x num_classes logits of the plain model (no test-time augmentation). After writing, the file is loaded back (onnxruntime, torch.jit.load, timm)
 and its outputs are compared with PyTorch's on a batch of another size; only then is it moved into place.
 ONNX has a dynamic batch dimension and needs the optional extra: pip install 'resnet_lite[export]' (onnx,
 onnxruntime; onnxscript selects torch's torch.export-based exporter, without it the TorchScript-based one is used).

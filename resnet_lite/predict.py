@@ -4,7 +4,8 @@
     python -m resnet_lite.predict runs/m5 photos/ --top-k 3 --json  # every image under photos/, as JSON on stdout
 
 Any format and size PIL reads: each image is converted to RGB and resized to the model's input size with PIL's
-bilinear filter, as resnet_lite.data prepares imagefolder datasets. Directories are searched recursively for files
+bilinear filter, as resnet_lite.data prepares imagefolder datasets. The logits go through the run's own test-time
+augmentation level (its config's tta; --tta to choose) before the softmax, as in evaluate. Directories are searched recursively for files
 with an image extension. A file that cannot be read is reported on stderr and the others are still predicted.
 Exit status: 0 when at least one image was predicted; 2 (with a one-line error) when none could be.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .ema import TTA, TTA_LEVELS
 from .errors import UserError, cli
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
 
@@ -57,8 +59,10 @@ def read_image(path, size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None) -> tuple[list[dict], list[tuple[str, str]]]:
-    """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories."""
+def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
+            tta: int | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
+    """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories.
+    tta: 0 none, 1 flip, 2 flip + translate (resnet_lite.ema.TTA); None: the run's own level (else 0)."""
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -66,7 +70,8 @@ def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None) 
     if run.image_size is None:
         raise UserError(f"{run.weights} does not record the model's input size; re-export it with resnet_lite")
     files, problems = find_images(paths)
-    model = run.model.to(device)
+    tta = (run.config.tta if run.config else 0) if tta is None else tta
+    model = TTA(run.model.to(device), tta)
     k = min(top_k, len(run.classes))
     results = []
     for start in range(0, len(files), batch_size):
@@ -112,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
+    p.add_argument("--tta", nargs="?", type=int, const=1, choices=TTA_LEVELS, metavar="LEVEL",
+                   help="test-time augmentation: --tta (or 1) mirror, 2 mirror + 1-pixel shifts, 0 none "
+                        "(default: the run's own setting)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--json", action="store_true", help="print a JSON list to stdout instead of a table")
@@ -124,7 +132,7 @@ def main(argv=None):
     if args.top_k < 1 or args.batch_size < 1:
         raise UserError("--top-k and --batch-size must be >= 1")
     run = load_run(args.path, args.weights)
-    results, problems = predict(run, args.images, args.top_k, args.batch_size, args.device)
+    results, problems = predict(run, args.images, args.top_k, args.batch_size, args.device, args.tta)
     for path, problem in problems:
         print(f"warning: {path} {problem}", file=sys.stderr)
     if not results:

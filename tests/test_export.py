@@ -85,7 +85,7 @@ def test_timm_folder_loads_with_timm(tiny_run, tmp_path):
     (tmp_path / "img").mkdir()
     from PIL import Image
     Image.fromarray(images[0].permute(1, 2, 0).numpy()).save(tmp_path / "img" / "x.png")
-    assert predict(load_run(folder), [tmp_path / "img"]) == predict(run, [tmp_path / "img"])
+    assert predict(load_run(folder), [tmp_path / "img"], tta=0) == predict(run, [tmp_path / "img"], tta=0)
 
 
 def test_timm_create_model_local_dir_pretrained(tiny_run, tmp_path):

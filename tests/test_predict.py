@@ -21,9 +21,12 @@ def test_split():
     return load_data(DataConfig("synthetic", synthetic_train=512, synthetic_test=TEST_IMAGES, image_size=8)).test
 
 
-def _probs(run, images: torch.Tensor) -> torch.Tensor:
+def _probs(run, images: torch.Tensor, tta: int = 1) -> torch.Tensor:
+    """The tiny run measures with flip TTA (tta=1), so predict's default averages the logits of x and its mirror."""
     with torch.no_grad():
-        return run.model(run.normalize(images)).softmax(1)
+        x = run.normalize(images)
+        logits = run.model(x) if tta == 0 else (run.model(x) + run.model(x.flip(3))) / 2
+        return logits.softmax(1)
 
 
 def test_png_files_of_test_images_get_the_models_probabilities(tiny_run, test_split, tmp_path):
@@ -33,12 +36,14 @@ def test_png_files_of_test_images_get_the_models_probabilities(tiny_run, test_sp
     for i, image in enumerate(images):
         paths.append(tmp_path / f"{i:02d}.png")
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(paths[-1])  # lossless, already the model's 8x8
-    results, problems = predict(run, [tmp_path], top_k=3)
-    assert problems == [] and [r["file"] for r in results] == [str(p) for p in paths]
-    values, indices = _probs(run, images).topk(3, dim=1)
-    for r, v, ix in zip(results, values.tolist(), indices.tolist()):
-        assert [t["index"] for t in r["top"]] == ix and [t["label"] for t in r["top"]] == [f"class{i}" for i in ix]
-        assert [t["probability"] for t in r["top"]] == pytest.approx(v, abs=1e-6)
+    for tta in (None, 0):  # the run's own TTA level (flip), then none
+        results, problems = predict(run, [tmp_path], top_k=3, tta=tta)
+        assert problems == [] and [r["file"] for r in results] == [str(p) for p in paths]
+        values, indices = _probs(run, images, 1 if tta is None else tta).topk(3, dim=1)
+        for r, v, ix in zip(results, values.tolist(), indices.tolist()):
+            assert [t["index"] for t in r["top"]] == ix and [t["label"] for t in r["top"]] == [f"class{i}" for i in ix]
+            assert [t["probability"] for t in r["top"]] == pytest.approx(v, abs=1e-6)
+    assert not torch.allclose(_probs(run, images, 0), _probs(run, images, 1), atol=1e-3)  # so the level was checked
 
 
 def test_any_size_and_format_is_resized_like_torchvision_resize_on_pil(tiny_run, tmp_path):
