@@ -37,6 +37,7 @@ from .runs import write_text
 
 __all__ = ["run_sweep", "collect", "write_results", "main"]
 
+SEED_PRESETS = [f"model{r['model']}" for r in SEED_TABLE]  # the default study: the seed's Table 1
 POLL = 0.5  # seconds between checks on the running trainers
 STOP_GRACE = 30  # seconds a stopped trainer gets to exit before it is killed
 COLUMNS = [  # (csv name, markdown header): the seed's Table 1, then what this sweep measured
@@ -239,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="python -m resnet_lite.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
                 description=parts[0], epilog="\n\n".join(parts[1:]))
     p.add_argument("items", nargs="*", metavar="PRESET_OR_KEY=VALUE",
-                   help=f"presets to run (default: {' '.join(list_presets())}) and overrides for every run, "
+                   help=f"presets to run (default: {' '.join(SEED_PRESETS)}; all: {' '.join(list_presets())}) and "
+                        "overrides for every run, "
                         "e.g. data.image_size=16")
     p.add_argument("--output-dir", default="runs/sweep", metavar="DIR", help="one folder per preset (default runs/sweep)")
     p.add_argument("--epochs", type=int)
@@ -276,7 +278,7 @@ def _on_sigterm(signum, frame):
 @cli
 def main(argv=None):
     args = build_parser().parse_intermixed_args(argv)  # presets and overrides may sit on either side of flags
-    presets = [i for i in args.items if "=" not in i] or list_presets()
+    presets = [i for i in args.items if "=" not in i] or SEED_PRESETS
     overrides = [i for i in args.items if "=" in i]
     if len(set(presets)) != len(presets):
         raise UserError(f"a preset is listed twice in {' '.join(presets)}")

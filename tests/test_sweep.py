@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from resnet_lite.sweep import main
+from resnet_lite.sweep import SEED_PRESETS, main
 
 TINY = ["--epochs", "2", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.synthetic_train=256",
         "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64", "checkpoint_every_steps=4"]
@@ -117,3 +117,4 @@ def test_help_names_the_presets_and_the_files(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "model0 model1" in out and "results.md" in out and "--gpus" in out and "--resume" in out
+    assert SEED_PRESETS == [f"model{i}" for i in range(9)]  # the default study is Table 1, whatever else is shipped
