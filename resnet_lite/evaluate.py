@@ -86,7 +86,7 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
         loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
         result = evaluate_split(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)
-        report = _report(run, data_cfg.spec, split, weights, tta, batch_size, result, accelerator)
+        report = _report(run, data_cfg.spec, split, tta, batch_size, result, accelerator)
         if accelerator.is_main_process:
             out = Path(output) if output else (run.run_dir or run.weights.parent)
             write_text(out / "evaluation.json", json.dumps(report, indent=2) + "\n")
@@ -104,7 +104,7 @@ def _short(names: list[str]) -> str:
     return f"[{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}] ({len(names)})"
 
 
-def _report(run: Run, spec, split, weights, tta, batch_size, result, accelerator) -> dict:
+def _report(run: Run, spec, split, tta, batch_size, result, accelerator) -> dict:
     confusion = result["confusion"]
     report = {
         "model": run.meta["model"], "weights": str(run.weights), "data": spec, "split": split, "tta": tta,

@@ -1,5 +1,5 @@
 """export: ONNX (checked with onnxruntime, dynamic batch), TorchScript (reloaded), and a timm folder timm can load."""
-import importlib.util
+import importlib
 import json
 
 import numpy as np
@@ -16,6 +16,18 @@ from tiny_run import tiny_run  # noqa: F401  (the fixture)
 CLASSES = [f"class{i}" for i in range(10)]
 
 
+def _importable(*names):
+    try:
+        for name in names:
+            importlib.import_module(name)
+    except ImportError:
+        return False
+    return True
+
+
+HAS_ONNX = _importable("onnx", "onnxruntime")
+
+
 def _images(batch, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (batch, 3, 8, 8), dtype=torch.uint8, generator=g)
@@ -26,12 +38,15 @@ def _reference(run, images):
         return run.model(run.normalize(images))
 
 
-@pytest.mark.parametrize("dynamo", [True, False], ids=["torch.export", "torchscript-based"])
+@pytest.mark.skipif(not HAS_ONNX, reason="onnx/onnxruntime absent: the optional extra resnet_lite[export] is not installed")
+@pytest.mark.parametrize("dynamo", [
+    pytest.param(True, id="torch.export", marks=pytest.mark.skipif(
+        not _importable("onnxscript"), reason="onnxscript (torch's torch.export-based exporter) absent")),
+    pytest.param(False, id="torchscript-based")])
 def test_onnx_matches_pytorch_at_any_batch_size(tiny_run, tmp_path, dynamo):
-    onnx = pytest.importorskip("onnx", reason="the optional extra resnet_lite[export] is not installed")
-    ort = pytest.importorskip("onnxruntime", reason="the optional extra resnet_lite[export] is not installed")
-    if dynamo and importlib.util.find_spec("onnxscript") is None:
-        pytest.skip("onnxscript (torch's torch.export-based ONNX exporter) is not installed")
+    import onnx
+    import onnxruntime as ort
+
     from resnet_lite.export import export_onnx
 
     run = load_run(tiny_run)
