@@ -207,6 +207,9 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     optimizer = build_optimizer(net, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.schedule, steps_per_epoch, cfg.epochs)
     model, optimizer = accelerator.prepare(net, optimizer)  # not the loaders: they shard themselves
+    # prepare() wraps net.forward in a new autocast object per run, and torch.compile guards on that object's identity,
+    # so every later train() in a process recompiled (a sweep, benchmarks/time_to_accuracy.py); autocast in the loop
+    net.__dict__.pop("forward", None)
     train_model = torch.compile(model) if cfg.compile else model
     # plain module: no collective in forward
     eval_model = TTA(torch.compile(evaluated_net) if cfg.compile else evaluated_net, cfg.tta)
@@ -280,7 +283,9 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), labels.tensor_split(chunks))):
                 # gradients are all-reduced once per optimizer step, on the last micro-batch
                 with nullcontext() if i == chunks - 1 else accelerator.no_sync(train_model):
-                    loss = criterion(train_model(xc).float(), yc) / n  # sums to the mean over this rank's batch
+                    with accelerator.autocast():
+                        logits = train_model(xc)
+                    loss = criterion(logits.float(), yc) / n  # sums to the mean over this rank's batch
                     accelerator.backward(loss)
                 loss_sum += loss.detach() * n
             lr = optimizer.param_groups[0]["lr"]
