@@ -154,6 +154,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting (slow to compile on a CPU)")
+    p.add_argument("--compile-variants", nargs="+", metavar="VARIANT",
+                   help="run the torch.compile setting for these variants only (default: all); compiling costs ~a minute each")
     p.add_argument("--quick", action="store_true", help="16x16 images, batch 8, 3 rounds of 2 steps after 1 warm-up: a CPU smoke run")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--json", metavar="PATH", help="also write the results and environment as JSON")
@@ -161,9 +163,7 @@ def main(argv=None):
     if args.quick:
         args.image_size, args.batch_size, args.steps, args.warmup, args.repeats = 16, 8, 2, 1, 3
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels once
-    settings = [s for s in SETTINGS if not (s.compile and args.no_compile)]
+    compiled = set() if args.no_compile else set(args.compile_variants or args.variants)
     env = {"hardware": hardware(device), "torch": torch.__version__, "python": platform.python_version(),
            "date": str(datetime.date.today()), "command": "python " + " ".join(sys.argv),
            "batch_size": args.batch_size, "image_size": args.image_size, "steps": args.steps,
@@ -176,6 +176,7 @@ def main(argv=None):
     macs = {v: count_macs(create_model(v, num_classes=10), (3, args.image_size, args.image_size)) for v in args.variants}
     results = []
     for variant in args.variants:
+        settings = [s for s in SETTINGS if variant in compiled or not s.compile]
         for r in measure(variant, settings, args, device):
             results.append(r)
             print(f"  {variant:10s} {r['name']:32s} step {r['step_images_per_second']:10,.0f}  "
@@ -183,12 +184,17 @@ def main(argv=None):
         if device.type == "cuda":
             torch.cuda.empty_cache()
         torch._dynamo.reset()  # the next variant compiles from a clean state: warm-up times stay comparable
-    text = table(results, macs)
-    print(text)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"env": env, "macs": macs, "results": results, "table": text}, f, indent=1)
+        if args.json:  # after every variant: a run stopped by a time limit keeps what it measured
+            write_json(args.json, {"env": env, "macs": macs, "results": results, "table": table(results, macs)})
+    print(table(results, macs))
     return results
+
+
+def write_json(path, data):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":
