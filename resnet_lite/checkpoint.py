@@ -8,40 +8,62 @@ A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable
                                              order is a function of (seed, epoch), so resuming skips this many batches
     step                                     optimizer steps since the start of the run
     config                                   the resolved TrainConfig as a dict
-    rng                                      {"torch": ByteTensor, "cuda": [ByteTensor per device]} of the main process
+    rng                                      the main process's generators: {"torch": ByteTensor, "cuda": [ByteTensor
+                                             per device], "python": [int], "numpy": LongTensor} (augmentation draws
+                                             from a generator seeded per step, so it needs no state)
     train_loss_sum, train_images             the partial epoch's running train loss, so its metrics stay whole
-    best                                     {"acc": float, "epoch": int} so far
+    best, best_step                          {"acc": float, "epoch": int} so far; the step of the best epoch's checkpoint
+    classes                                  the class names the model was trained on
+    ranks                                    per process: its train_loss_sum, train_images, rng and BatchNorm buffers
+                                             of [model, ema], which differ between processes within an epoch
     elapsed, world_size, wandb_id            seconds trained so far, processes, the W&B run to continue
 
-Files are `checkpoints/step-00001234.pt`; a new one is complete (temp file, fsync, rename) before old ones are pruned.
+Files are `checkpoints/step-00001234.pt`. A new one is complete (temp file, fsync, rename, fsync of the folder) before
+any other is removed; then the folder keeps the newest `keep` and the best one, and drops those of a later step (left
+by a run that was resumed from an earlier checkpoint, or unreadable) and temporary files of interrupted writes.
+`resumable_checkpoint` skips an unreadable newest checkpoint, with a warning, for the one before it.
 Weights are safetensors of the plain model's state_dict with metadata (model, num_classes, in_chans, image_size,
 classes, mean, std), enough for evaluate/predict/export to rebuild the model and its preprocessing.
 """
+import io
 import json
 import os
+import random
 import re
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import safetensors.torch
 import torch
 
 from .errors import UserError
+from .signals import crash_point
 
 __all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint",
-           "save_weights", "load_weights", "rng_state", "set_rng_state", "CHECKPOINT_DIR"]
+           "resumable_checkpoint", "save_weights", "load_weights", "rng_state", "set_rng_state", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
+_REQUIRED = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "config", "rng")
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+def _write_error(path: Path, e: OSError) -> UserError:
+    return UserError(f"cannot write {path} ({e.strerror or e}); free some space or fix the folder's permissions "
+                     f"(or choose another --output-dir), then resume with --resume")
+
+
 def atomic_write(path, write, mode="wb") -> Path:
-    """Call write(file) on a temporary file beside `path`, flush and fsync it, then rename it to `path`."""
+    """Call write(file) on a temporary file beside `path`, flush and fsync it, then rename it to `path`.
+    A full disk or a folder that cannot be written: UserError, and no temporary file left behind."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise _write_error(path, e) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should read like any file the user writes
         with os.fdopen(fd, mode) as f:
@@ -49,9 +71,11 @@ def atomic_write(path, write, mode="wb") -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _write_error(path, e) from None
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(path.parent, os.O_RDONLY)
@@ -73,11 +97,33 @@ def list_checkpoints(directory) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def save_checkpoint(state: dict, directory, keep: int) -> Path:
-    """Write `state` as step-<step>.pt, then delete all but the newest `keep` checkpoints."""
-    path = atomic_write(Path(directory) / f"step-{state['step']:08d}.pt", lambda f: torch.save(state, f))
-    for old in list_checkpoints(directory)[:-keep]:
-        old.unlink(missing_ok=True)
+def _step(path: Path) -> int:
+    return int(_NAME.match(path.name).group(1))
+
+
+def save_checkpoint(state: dict, directory, keep: int, best_step: int | None = None) -> Path:
+    """Write `state` as step-<step>.pt; once it is complete keep the newest `keep` checkpoints up to it and the one of
+    step `best_step`, and remove later ones (an abandoned continuation) and leftovers of interrupted writes."""
+    directory, step = Path(directory), state["step"]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # serialised first: a full disk then fails in our write, as an OSError
+    data = buffer.getbuffer()
+
+    def write(f):
+        f.write(data)
+        crash_point("save", step)
+
+    path = atomic_write(directory / f"step-{step:08d}.pt", write)
+    kept = [p for p in list_checkpoints(directory) if _step(p) <= step]
+    for old in kept[:-keep]:
+        if _step(old) != best_step:
+            old.unlink(missing_ok=True)
+    for later in list_checkpoints(directory):
+        if _step(later) > step:
+            later.unlink(missing_ok=True)
+    for tmp in directory.glob(".step-*.tmp"):
+        tmp.unlink(missing_ok=True)  # only the main process writes here, and its own write has been renamed
+    crash_point("saved", step)
     return path
 
 
@@ -93,23 +139,62 @@ def find_checkpoint(path) -> Path | None:
 
 
 def load_checkpoint(path) -> dict:
+    """The checkpoint at `path` (tensors and plain data only: weights_only=True), or a UserError saying why not."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
-    except Exception as e:  # truncated or not a checkpoint
-        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+    except Exception as e:  # truncated, or not a checkpoint
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); "
                         f"resume from an earlier one in {Path(path).parent}") from None
+    missing = [k for k in _REQUIRED if k not in state] if isinstance(state, dict) else list(_REQUIRED)
+    if missing:
+        raise UserError(f"{path} is not a resnet_lite checkpoint (no {', '.join(missing)}); "
+                        f"give a checkpoints/step-*.pt file of a run")
+    return state
+
+
+def resumable_checkpoint(path, warn=print) -> tuple[Path, dict] | None:
+    """(file, state) of the checkpoint to resume from: the file `path`, or the newest readable one in the run directory
+    `path` (or its checkpoints/), calling warn(message) for each newer one that cannot be read. None: no checkpoints."""
+    path = Path(path)
+    if path.is_file():
+        return path, load_checkpoint(path)
+    found = list_checkpoints(path / CHECKPOINT_DIR) or list_checkpoints(path)
+    errors = []
+    for candidate in reversed(found):
+        try:
+            state = load_checkpoint(candidate)
+        except UserError as e:
+            errors.append(str(e))
+            continue
+        for error in errors:
+            warn(f"warning: {error.split('; resume from')[0]}; using {candidate.name}, the newest readable one")
+        return candidate, state
+    if found:
+        raise UserError(f"none of the {len(found)} checkpoints in {found[0].parent} can be read ({errors[0]}); "
+                        f"start the run again in another --output-dir")
+    return None
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    py = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": [py[0], *py[1], py[2]], "numpy": torch.from_numpy(keys.astype(np.int64)),
+            "numpy_rest": [pos, has_gauss, gauss]}
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
+    if "python" in state:  # checkpoints written before these were kept have only torch's
+        version, *keys, gauss = state["python"]
+        random.setstate((version, tuple(keys), gauss))
+        pos, has_gauss, gauss = state["numpy_rest"]
+        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def save_weights(state_dict: dict, path, metadata: dict) -> Path:

@@ -17,8 +17,25 @@ metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and 
 model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.checkpoint)
 and, with W&B on, wandb/.
 
-Set RESNET_LITE_RANK_REPORT=DIR to have every process write DIR/rank<R>.json at the end (its data shard and a hash of
-its weights); the tests use it to check what each process saw.
+Stopping and resuming: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 (Slurm's warning) lets the current step finish, saves a
+checkpoint and exits 75; all processes stop after the same step. A second signal ends the process at once. `--resume`
+restores everything (weights, optimizer, schedule, scaler, EMA, RNG states, data order, partial-epoch metrics), so the
+finished run's weights are bitwise those of an uninterrupted run on the CPU and metrics.jsonl reads as one run; an
+unreadable newest checkpoint is skipped with a warning. Under torchrun, which passes a signal it receives on to the
+workers, signal the workers themselves (or set TORCHELASTIC_SIGNALS_TO_HANDLE=SIGHUP,SIGQUIT, as launch/ does), or the
+launcher's copy is a second signal.
+
+Exit codes:
+    0   finished (or --list / --help)
+    2   a user error: bad setting, data, checkpoint or output directory; one line `error: ...` says what to do
+    3   the loss became inf or nan: nothing saved after the last good checkpoint (lower optim.lr, then --resume)
+    75  stopped by a signal after saving a checkpoint (EX_TEMPFAIL): run the same command with --resume
+    128 + N (shell) / -N (subprocess): killed by signal N, e.g. a second signal
+
+Test hooks (environment): RESNET_LITE_RANK_REPORT=DIR has every process write DIR/rank<R>.json at the end or when
+stopped by a signal (its data shard, step and a hash of its weights); RESNET_LITE_TEST_CRASH=step:N | save:N | saved:N
+kills the process with SIGKILL after optimizer step N, inside the write of checkpoint N, or just after it
+(resnet_lite.signals.crash_point). The tests use them to check what each process saw and to crash runs anywhere.
 """
 import argparse
 import dataclasses
@@ -41,8 +58,8 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from . import __version__
 from .augment import build_augment, build_normalize
-from .checkpoint import (CHECKPOINT_DIR, find_checkpoint, load_checkpoint, rng_state, save_checkpoint, save_weights,
-                         set_rng_state)
+from .checkpoint import (CHECKPOINT_DIR, list_checkpoints, load_checkpoint, resumable_checkpoint, rng_state,
+                         save_checkpoint, save_weights, set_rng_state)
 from .config import TrainConfig, list_presets, resolve_config, to_dict
 from .data import SPECS, DeviceLoader, load_data
 from .ema import TTA, build_ema, update_ema
@@ -51,6 +68,8 @@ from .loggers import (Progress, log_wandb_final, plot_curves, print_final, read_
                       write_metrics, write_yaml)
 from .models import SEED_TABLE, count_params, create_model
 from .optim import build_optimizer, build_scheduler
+from .signals import (EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, StopCheck, crash_point,
+                      stop_signals)
 
 __all__ = ["train", "evaluate", "main"]
 
@@ -139,6 +158,10 @@ def _device_name(device: torch.device) -> str:
         return platform.processor() or platform.machine() or device.type
 
 
+def _buffers(module) -> dict | None:
+    return None if module is None else {k: v.detach().cpu().clone() for k, v in module.named_buffers()}
+
+
 def _state_hash(state_dict: dict) -> str:
     h = hashlib.sha256()
     for k, v in state_dict.items():
@@ -148,14 +171,22 @@ def _state_hash(state_dict: dict) -> str:
 
 
 def train(cfg: TrainConfig, resume=None) -> dict:
-    """Train as `cfg` says, continuing from the checkpoint file `resume` when given. Returns the summary."""
+    """Train as `cfg` says, continuing from the checkpoint file `resume` when given. Returns the summary.
+
+    Raises Preempted after a stop signal (a checkpoint was saved: resume it) and NonFiniteLoss (nothing was saved after
+    the last good checkpoint); both end every process at the same step."""
+    with stop_signals() as stop_flag:
+        return _train_with_accelerator(cfg, resume, stop_flag)
+
+
+def _train_with_accelerator(cfg: TrainConfig, resume, stop_flag) -> dict:
     mode, wandb_hint = wandb_mode(cfg.wandb)
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
                               log_with="wandb" if mode != "disabled" else None,
                               # the batch size is global: Accelerate would step a prepared scheduler once per process
                               step_scheduler_with_optimizer=False)
     try:
-        return _train(cfg, accelerator, mode, wandb_hint, resume)
+        return _train(cfg, accelerator, mode, wandb_hint, resume, stop_flag)
     finally:
         accelerator.end_training()
         # let a later train() in this process start over (a sweep), with its own precision
@@ -163,7 +194,18 @@ def train(cfg: TrainConfig, resume=None) -> dict:
         GradientState._reset_state()
 
 
-def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: str | None, resume) -> dict:
+def _check_writable(run_dir: Path) -> None:
+    """A one-line error now, before the data is loaded, for a run directory that cannot be created or written."""
+    parent = run_dir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the run directory {run_dir}: {parent} is a file; choose another --output-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {parent} (permission denied); choose another --output-dir")
+
+
+def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: str | None, resume, stop_flag) -> dict:
     rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
     is_main = accelerator.is_main_process
     state = load_checkpoint(resume) if resume else None
@@ -171,6 +213,15 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
     if cfg.sync_bn and world > 1 and device.type == "cpu":
         raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
+    with torch.device("meta"):  # an unknown model fails now, not after a download
+        create_model(cfg.model)
+    if state and state["config"]["model"] != cfg.model:
+        raise UserError(f"checkpoint {resume} is of {state['config']['model']}, not {cfg.model}; resume with the run's "
+                        f"own model, or start a new run in another --output-dir")
+    if state and state["batch"] and state["config"]["batch_size"] != cfg.batch_size:
+        raise UserError(f"checkpoint {resume} stopped mid-epoch at batch_size={state['config']['batch_size']}; resume "
+                        f"with that batch size (an epoch boundary checkpoint may change it)")
+    _check_writable(run_dir)
 
     set_seed(cfg.seed)
     with accelerator.main_process_first():  # one download, the others then read it
@@ -178,6 +229,10 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     num_classes, image_size = len(ds.classes), ds.train.images.shape[-1]
     net = create_model(cfg.model, num_classes=num_classes, in_chans=3, drop_rate=cfg.drop_rate)
     params = count_params(net)
+    if state and state.get("classes", ds.classes) != ds.classes:
+        raise UserError(f"checkpoint {resume} was trained on {len(state['classes'])} classes, the data "
+                        f"{cfg.data.spec} has {len(ds.classes)} ({', '.join(ds.classes[:5])}...); resume with the run's "
+                        f"own data, or start a new run in another --output-dir")
     if state:
         try:
             net.load_state_dict(state["model"])
@@ -221,7 +276,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     epoch0, batch0, step, elapsed = 0, 0, 0, 0.0
     best, rows, loss0, seen0 = {"acc": -1.0, "epoch": 0}, [], 0.0, 0
     best_val = {"acc": -1.0, "epoch": 0, "test_acc": None}  # model selection on the held-out split, when there is one
-    wandb_id = None
+    wandb_id, best_step = None, None
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -229,8 +284,14 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             accelerator.scaler.load_state_dict(state["scaler"])
         epoch0, batch0, step, elapsed = state["epoch"], state["batch"], state["step"], state["elapsed"]
         best, loss0, seen0, wandb_id = state["best"], state["train_loss_sum"], state["train_images"], state["wandb_id"]
-        best_val = state.get("best_val") or best_val
-        set_rng_state(state["rng"])
+        best_val, best_step = state.get("best_val") or best_val, state.get("best_step")
+        own = state["ranks"][rank] if len(state.get("ranks") or ()) == world else None  # else the main process's
+        if own:
+            loss0, seen0 = own["train_loss_sum"], own["train_images"]
+            for module, buffers in zip((net, ema.module if ema is not None else None), own["buffers"]):
+                for name, buffer in module.named_buffers() if module is not None else ():
+                    buffer.copy_(buffers[name])
+        set_rng_state(own["rng"] if own else state["rng"])
         rows = [r for r in read_metrics(run_dir / "metrics.jsonl") if r["epoch"] <= epoch0]
 
     progress = Progress(is_main, cfg.epochs, steps_per_epoch)
@@ -252,15 +313,47 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             "dir": str(run_dir), "mode": mode, "name": run_dir.name, "id": wandb_id, "resume": "allow"}})
 
     def checkpoint(epoch, batch, loss_sum, seen):
+        # each process's own partial-epoch loss, generators and BatchNorm statistics (they differ until the epoch's
+        # end reduces them), so a resume on as many processes continues every one of them exactly
+        mine = {"train_loss_sum": float(loss_sum), "train_images": seen, "rng": rng_state(),
+                "buffers": [_buffers(m) for m in (net, ema.module if ema is not None else None)]}
+        ranks = gather_object([mine]) if world > 1 else [mine]
         if is_main:
-            save_checkpoint({
+            return save_checkpoint({
                 "model": net.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "epoch": epoch, "batch": batch, "step": step, "config": to_dict(cfg), "rng": rng_state(),
                 "train_loss_sum": float(loss_sum), "train_images": seen, "best": dict(best),
                 "elapsed": elapsed + time.perf_counter() - t_start, "world_size": world, "wandb_id": wandb_id,
                 "ema": ema.module.state_dict() if ema is not None else None, "best_val": dict(best_val),
-            }, run_dir / CHECKPOINT_DIR, cfg.keep_checkpoints)
+                "best_step": best_step, "classes": list(ds.classes), "ranks": ranks,
+            }, run_dir / CHECKPOINT_DIR, cfg.keep_checkpoints, best_step)
+
+    def rank_report(**extra):
+        if os.environ.get("RESNET_LITE_RANK_REPORT"):
+            report = Path(os.environ["RESNET_LITE_RANK_REPORT"])
+            report.mkdir(parents=True, exist_ok=True)
+            (report / f"rank{rank}.json").write_text(json.dumps({
+                "rank": rank, "world_size": world, "step": step, "state_sha256": _state_hash(net.state_dict()),
+                "train_indices_first_epoch": first_indices.tolist() if first_indices is not None else [],
+                "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples, **extra}))
+
+    def stop_run(stop, saved):
+        """Every process: raise what main() turns into the exit code, once the main process has saved `saved`."""
+        check.close()
+        progress.close()
+        if stop.diverged:
+            good = list_checkpoints(run_dir / CHECKPOINT_DIR)
+            raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
+                                f"without saving it: {f'the last good checkpoint is {good[-1]}' if good else 'no checkpoint yet'}"
+                                f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
+        rank_report(stopped=stop.signal_name)
+        accelerator.wait_for_everyone()  # no process exits (a launcher then kills the rest) before the checkpoint is whole
+        other = "" if stop_flag.signum else " on another process"
+        raise Preempted(f"stopped by {stop.signal_name}{other} after step {step} (epoch {epoch + 1}); saved {saved}; "
+                        f"continue with: python -m resnet_lite.train --output-dir {run_dir} --resume")
+
+    check = StopCheck(stop_flag, device, world)
 
     result, last_curves, first_indices = None, time.perf_counter(), None
     t_start = time.perf_counter()
@@ -297,8 +390,17 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             seen += n
             epoch_images += n * world
             progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
-            if cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0 and batch + 1 < steps_per_epoch:
-                checkpoint(epoch, batch + 1, loss_sum, seen)
+            crash_point("step", step)
+            last = batch + 1 == steps_per_epoch
+            due = bool(cfg.checkpoint_every_steps) and step % cfg.checkpoint_every_steps == 0 and not last
+            # the same answer on every process; a signal in an epoch's last step is answered after its evaluation
+            stop = check(step, lr, loss_sum, net, wait=due or last)
+            if stop and stop.diverged:
+                stop_run(stop, None)
+            if due or (stop and not last):
+                saved = checkpoint(epoch, batch + 1, loss_sum, seen)
+                if stop:
+                    stop_run(stop, saved)
 
         totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=device)]))
         train_loss = (totals[0] / totals[1]).item()
@@ -323,6 +425,8 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
         selected = improved if val_loader is None else evaluated and row["val_acc"] > best_val["acc"]
         if selected and val_loader is not None:
             best_val = {"acc": row["val_acc"], "epoch": epoch + 1, "test_acc": row["test_acc"]}
+        if selected:
+            best_step = step  # this epoch's checkpoint is kept as the best
         if is_main:
             write_metrics(rows, run_dir / "metrics.jsonl")
             if selected:
@@ -330,9 +434,12 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
             if time.perf_counter() - last_curves > CURVES_EVERY:
                 plot_curves(rows, run_dir / "curves.png", run_dir.name)
                 last_curves = time.perf_counter()
-        checkpoint(epoch + 1, 0, 0.0, 0)
+        saved = checkpoint(epoch + 1, 0, 0.0, 0)
         accelerator.log({k: v for k, v in row.items() if v is not None}, step=step)
         progress.end_epoch(row)
+        if epoch + 1 < cfg.epochs and (stop := check(step, lr, loss_sum, wait=True)):  # signals during the evaluation
+            stop_run(stop, saved)
+    check.close()
     progress.close()
     elapsed += time.perf_counter() - t_start
 
@@ -351,13 +458,7 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
         last_val = next((r["val_acc"] for r in reversed(rows) if r.get("val_acc") is not None), None)
         summary.update(final_val_acc=last_val, best_val_acc=best_val["acc"], best_val_epoch=best_val["epoch"],
                        test_acc_at_best_val=best_val["test_acc"])
-    if os.environ.get("RESNET_LITE_RANK_REPORT"):
-        report = Path(os.environ["RESNET_LITE_RANK_REPORT"])
-        report.mkdir(parents=True, exist_ok=True)
-        (report / f"rank{rank}.json").write_text(json.dumps({
-            "rank": rank, "world_size": world, "state_sha256": _state_hash(net.state_dict()),
-            "train_indices_first_epoch": first_indices.tolist() if first_indices is not None else [],
-            "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples}))
+    rank_report()
     if is_main:
         save_weights(evaluated_net.state_dict(), run_dir / "model_last.safetensors", dict(meta, epoch=len(rows)))
         write_json(summary, run_dir / "summary.json")
@@ -435,7 +536,7 @@ def _run_of(checkpoint: Path) -> Path:
 
 @cli
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after flags
     if args.list:
         print_presets()
         return 0
@@ -445,23 +546,36 @@ def main(argv=None):
     flags = {"data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
              "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb": args.wandb}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
-    checkpoint = None
+    found = None
     if args.resume is True:
         if cfg.output_dir is None:
             raise UserError("--resume without a path continues the run in --output-dir; give --output-dir DIR or --resume DIR")
-        checkpoint = find_checkpoint(cfg.output_dir)
+        found = resumable_checkpoint(cfg.output_dir, warn=_print_main)
     elif args.resume:
-        checkpoint = find_checkpoint(args.resume)
-        if checkpoint is None:
+        found = resumable_checkpoint(args.resume, warn=_print_main)
+        if found is None:
             raise UserError(f"no checkpoint at {args.resume}; give a run directory with checkpoints/ or a .pt file")
-    if checkpoint:  # the run's own config, changed only by what this command line sets explicitly
+    checkpoint = found[0] if found else None
+    if found:  # the run's own config, changed only by what this command line sets explicitly
         flags["output_dir"] = args.output_dir or str(_run_of(checkpoint))
-        cfg = resolve_config(base=load_checkpoint(checkpoint)["config"], flags=flags, overrides=args.overrides)
-    elif args.resume and int(os.environ.get("RANK", "0")) == 0:
-        print(f"no checkpoint in {cfg.output_dir} yet: starting a new run", flush=True)
-    train(cfg, resume=checkpoint)
+        cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
+    elif args.resume:
+        _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
+    try:
+        train(cfg, resume=checkpoint)
+    except Preempted as e:
+        _print_main(str(e))
+        sys.exit(EXIT_PREEMPTED)
+    except NonFiniteLoss as e:
+        _print_main(f"error: {e}")
+        sys.exit(EXIT_NONFINITE)
     return 0
 
 
+def _print_main(text: str, file=None) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:  # one copy in a multi-process log
+        print(text, file=file or sys.stderr, flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
