@@ -129,9 +129,12 @@ def find_or_download(name, root: Path, download: bool) -> tuple[Layout, Path]:
 
 
 def _download_and_extract(source: Source, layout: Layout, root: Path):
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, archive = tempfile.mkstemp(dir=root, prefix=f".{source.filename}.", suffix=".part")
+    except OSError as e:
+        raise UserError(f"cannot download into {root} ({e.strerror}); set --data-dir (data.root) to a writable folder") from None
     print(f"resnet_lite: downloading {source.url} to {root} (once)", file=sys.stderr)
-    fd, archive = tempfile.mkstemp(dir=root, prefix=f".{source.filename}.", suffix=".part")
     extract_dir = None
     try:
         md5 = hashlib.md5()

@@ -309,6 +309,9 @@ def _bad(tmp, case):
         return [*tiny, "--data", f"imagefolder:{tmp}/images"], f"error: {tmp}/images/train/dog/0001.jpg cannot be read as an image"
     if case == "no network":
         return [*tiny, "--data", "cifar10", "--data-dir", str(tmp / "empty")], "error: cannot download http://127.0.0.1:"
+    if case == "unwritable data directory":
+        (tmp / "file").write_text("")
+        return [*tiny, "--data", "cifar10", "--data-dir", str(tmp / "file")], f"error: cannot download into {tmp}/file"
     if case == "unwritable output directory":
         (tmp / "file").write_text("")
         return [*tiny[:-1], str(tmp / "file/run")], f"error: cannot create the run directory {tmp}/file/run: {tmp}/file is a file"
@@ -317,7 +320,8 @@ def _bad(tmp, case):
 
 @pytest.mark.parametrize("case", ["unknown preset", "unknown model", "mistyped setting", "mistyped flag", "wrong type",
                                   "negative lr", "batch 0", "epochs 0", "missing data", "unreadable data",
-                                  "corrupt image", "no network", "unwritable output directory"])
+                                  "corrupt image", "no network", "unwritable data directory",
+                                  "unwritable output directory"])
 def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, capsys, monkeypatch, unreachable_url):
     monkeypatch.setitem(cifar.SOURCES, "cifar10", cifar.SOURCES["cifar10"].__class__(
         unreachable_url, cifar.SOURCES["cifar10"].md5, cifar.SOURCES["cifar10"].layouts))
