@@ -170,10 +170,10 @@ def resumable_checkpoint(path, warn=print) -> tuple[Path, dict] | None:
             errors.append(str(e))
             continue
         for error in errors:
-            warn(f"warning: {error.split('; resume from')[0]}; using {candidate.name}, the newest readable one")
+            warn(f"warning: {error.split('; ')[0]}; using {candidate.name}, the newest readable one")
         return candidate, state
     if found:
-        raise UserError(f"none of the {len(found)} checkpoints in {found[0].parent} can be read ({errors[0]}); "
+        raise UserError(f"no checkpoint in {found[0].parent} can be read (newest: {errors[0].split('; ')[0]}); "
                         f"start the run again in another --output-dir")
     return None
 

@@ -140,6 +140,21 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, ref
     assert_same_run(out, reference)  # and the damaged step 12 has been written again, whole
 
 
+def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys):
+    """A fresh start would overwrite the run's metrics: when every checkpoint is damaged, say so and stop."""
+    checkpoints = tmp_path / "run/checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "step-00000004.pt").write_bytes(b"PK\x03\x04 cut short")
+    torch.save({"weights": torch.zeros(1)}, checkpoints / "step-00000008.pt")  # readable, but not a checkpoint
+    with pytest.raises(SystemExit) as e:
+        main([*RUN, "--output-dir", str(tmp_path / "run"), "--resume"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: no checkpoint in {checkpoints} can be read (newest: {checkpoints}/step-00000008.pt "
+                          f"is not a resnet_lite checkpoint (no model, optimizer")
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["checkpoints", "step-00000004.pt", "step-00000008.pt"]
+
+
 def test_checkpoints_kept_are_the_newest_and_the_best(reference):
     state = torch.load(list_checkpoints(reference / "checkpoints")[-1], weights_only=True)
     assert state["best_step"] in (4, 8, 12) and state["classes"] == [f"class{i}" for i in range(10)]
