@@ -124,7 +124,7 @@ def test_malformed_override(text):
 
 
 def test_unknown_preset_lists_the_closest():
-    with pytest.raises(UserError, match=r"unknown preset 'model55'; did you mean model5.*presets: model0, model1"):
+    with pytest.raises(UserError, match=r"unknown preset 'model55'; did you mean model5.*presets: .*model0, model1"):
         resolve_config("model55")
 
 
@@ -151,7 +151,9 @@ def test_presets_load_from_the_installed_package(tmp_path):
             "print(' '.join(list_presets())); print(resolve_config('model5').model)")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
     names, model = out.splitlines()
-    assert names.split() == [f"model{i}" for i in range(9)] and model == "lite_r4b2"
+    names = names.split()
+    assert [n for n in names if n.startswith("model")] == [f"model{i}" for i in range(9)]
+    assert {"fast", "fast94"} <= set(names) and model == "lite_r4b2"
 
 
 @pytest.mark.parametrize("row", SEED_TABLE, ids=lambda r: f"model{r['model']}")
