@@ -106,13 +106,7 @@ def test_timm_folder_loads_with_timm(tiny_run, tmp_path):
 def test_timm_create_model_local_dir_pretrained(tiny_run, tmp_path):
     """The way timm users load a folder: timm.create_model("local-dir:PATH", pretrained=True)."""
     folder, _ = export(tiny_run, "safetensors", tmp_path / "export")
-    try:
-        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    except UserError as e:
-        if "no pretrained weights are published" not in str(e):
-            raise
-        pytest.xfail("resnet_lite.models refuses pretrained=True even when timm names the weights (local-dir:); "
-                     "needs the change to _create_lite_resnet reported with issue 8")
+    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
     run = load_run(tiny_run)
     images = _images(3)
     with torch.no_grad():

@@ -206,3 +206,14 @@ def test_models_table_cli():
         assert name in out.stdout and f"{params:,}" in out.stdout
     assert "140.9M" in out.stdout  # lite_r4b2 MACs per image
     assert "Warning" not in out.stderr
+
+
+def test_pretrained_from_a_named_file(tmp_path):
+    """pretrained=True is honoured when the caller names the weights, the way timm's overlay and local-dir: do."""
+    source = resnet_lite.create_model("lite_r4b2").eval()
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    model = resnet_lite.create_model("lite_r4b2", pretrained=True,
+                                     pretrained_cfg_overlay=dict(file=str(tmp_path / "w.pth"))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)

@@ -167,8 +167,18 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _weights_given(kwargs):
+    """True when the caller's pretrained_cfg (or its overlay) names weights, as timm's `local-dir:`/`hf-hub:` do."""
+    for key in ("pretrained_cfg", "pretrained_cfg_overlay"):
+        cfg = kwargs.get(key)
+        cfg = cfg.to_dict() if hasattr(cfg, "to_dict") else (cfg if isinstance(cfg, dict) else {})
+        if any(cfg.get(k) for k in ("file", "state_dict", "hf_hub_id", "url")):
+            return True
+    return False
+
+
 def _create_lite_resnet(variant, pretrained=False, **kwargs):
-    if pretrained:
+    if pretrained and not _weights_given(kwargs):
         raise UserError(f"no pretrained weights are published for {variant}; train one with "
                         f"`python -m resnet_lite.train`, or pass checkpoint_path=... to load your own")
     return build_model_with_cfg(LiteResNet, variant, pretrained, **kwargs)
