@@ -9,7 +9,7 @@ Every format takes the normalised image, float32 N x 3 x H x W ((pixel / 255 - m
 data), and returns N x num_classes logits of the plain model (no test-time augmentation). After writing, the file is loaded back (onnxruntime, torch.jit.load, timm)
 and its outputs are compared with PyTorch's on a batch of another size; only then is it moved into place.
 ONNX has a dynamic batch dimension and needs the optional extra: pip install 'resnet_lite[export]' (onnx,
-onnxruntime; onnxscript selects torch's torch.export-based exporter, without it the TorchScript-based one is used).
+onnxruntime, onnxscript; onnxscript selects torch's torch.export-based exporter, without it the TorchScript-based one is used).
 Model name, classes, mean, std and input size travel inside each file: ONNX metadata_props, the TorchScript archive's
 extra file resnet_lite.json, the timm config.json (label_names, pretrained_cfg).
 """
