@@ -25,7 +25,7 @@ from .data import SPECS, DataConfig, DeviceLoader, load_data
 from .ema import TTA, TTA_LEVELS
 from .errors import UserError, cli
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run, write_text
-from .train import _mixed_precision, evaluate as evaluate_split
+from .train import resolve_mixed_precision, evaluate as evaluate_split
 
 __all__ = ["evaluate", "plot_confusion", "main"]
 
@@ -40,7 +40,7 @@ def _precision(setting: str, run: Run) -> str:
     recorded = (run.summary or {}).get("mixed_precision")
     if recorded in ("no", "bf16") or (recorded == "fp16" and torch.cuda.is_available()):
         return recorded
-    return _mixed_precision("auto")
+    return resolve_mixed_precision("auto")
 
 
 def _data_config(run: Run, spec: str | None, data_dir: str | None, image_size: int | None) -> DataConfig:

@@ -77,7 +77,7 @@ CURVES_EVERY = 300.0  # seconds between redraws of curves.png during a run (alwa
 WANDB_SAMPLES = 32  # test images in the W&B table of sample predictions
 
 
-def _mixed_precision(setting: str) -> str:
+def resolve_mixed_precision(setting: str) -> str:
     """'auto': fp16/bf16 when the launcher asks for one (accelerate launch --mixed_precision, or its config file),
     else bf16 on a CUDA GPU that has it, else no. (`accelerate launch` without a config says "no" by default.)"""
     if setting != "auto":
@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, resume=None) -> dict:
 
 def _train_with_accelerator(cfg: TrainConfig, resume, stop_flag) -> dict:
     mode, wandb_hint = wandb_mode(cfg.wandb)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision),
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
                               log_with="wandb" if mode != "disabled" else None,
                               # the batch size is global: Accelerate would step a prepared scheduler once per process
                               step_scheduler_with_optimizer=False)
@@ -211,6 +211,10 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
     state = load_checkpoint(resume) if resume else None
     run_dir = _run_dir(cfg, accelerator)
     cfg = dataclasses.replace(cfg, output_dir=str(run_dir))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world == 1:  # every process would train the whole set alone and write the same run directory
+        raise UserError(f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees one; launch with "
+                        f"`accelerate launch --multi_gpu` (GPUs) or `--config_file launch/cpu.yaml` (CPU), or torchrun")
     if cfg.sync_bn and world > 1 and device.type == "cpu":
         raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
     with torch.device("meta"):  # an unknown model fails now, not after a download

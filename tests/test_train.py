@@ -23,7 +23,7 @@ from resnet_lite.data import DataConfig, load_data
 from resnet_lite.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
 from resnet_lite import loggers
 from resnet_lite.loggers import wandb_mode
-from resnet_lite.train import _mixed_precision, main, train
+from resnet_lite.train import resolve_mixed_precision, main, train
 
 BIN = Path(sys.executable).parent
 TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",
@@ -236,7 +236,7 @@ def test_mixed_precision_auto_on_cpu(monkeypatch, launcher, expected):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     if launcher:
         monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
-    assert _mixed_precision("auto") == expected and _mixed_precision("bf16") == "bf16"
+    assert resolve_mixed_precision("auto") == expected and resolve_mixed_precision("bf16") == "bf16"
 
 
 def test_plain_progress_lines_for_log_files(monkeypatch, capsys):
@@ -343,3 +343,13 @@ def test_torchrun_two_cpu_processes_train_as_one(tmp_path):
     assert r0["state_sha256"] == r1["state_sha256"]  # weights and BatchNorm statistics agree across processes
     state = weights(out / "model_last.safetensors")
     assert all(not k.startswith("module.") for k in state)
+
+
+def test_a_launcher_accelerate_cannot_see_is_an_error(tmp_path, monkeypatch, capsys):
+    """WORLD_SIZE=2 from a launcher, but no rank variables for Accelerate: two copies would each train everything."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit) as e:
+        main(["--variant", "model5", "--data", "synthetic", "--output-dir", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: the launcher started 2 processes") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
