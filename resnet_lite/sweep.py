@@ -34,6 +34,7 @@ from .errors import UserError, cli
 from .loggers import read_metrics
 from .models import SEED_TABLE
 from .runs import write_text
+from .signals import EXIT_PREEMPTED
 
 __all__ = ["run_sweep", "collect", "write_results", "main"]
 
@@ -202,6 +203,9 @@ def run_sweep(presets, out_dir, train_args: list[str], gpus=(), launcher: str | 
                     s = json.loads((out_dir / preset / "summary.json").read_text())
                     echo(f"{preset}: finished, best {100 * s['best_test_acc']:.2f}% final {100 * s['final_test_acc']:.2f}% "
                          f"in {_hms(s['total_seconds'])}")
+                elif proc.returncode == EXIT_PREEMPTED:
+                    failed[preset] = "interrupted (exit 75): checkpoint saved, the same command resumes it"
+                    echo(f"{preset}: interrupted by a signal after saving a checkpoint; the same command resumes it")
                 else:
                     failed[preset] = f"failed (exit {proc.returncode})"
                     echo(f"{preset}: FAILED with exit status {proc.returncode}; see {out_dir / preset / 'train.log'}")
@@ -305,6 +309,11 @@ def main(argv=None):
     if failed:
         print(f"error: {len(failed)} run(s) failed: {', '.join(failed)}; see their train.log", file=sys.stderr)
         return 1
+    interrupted = [r["preset"] for r in rows if r["status"].startswith("interrupted")]
+    if interrupted:
+        print(f"{len(interrupted)} run(s) interrupted after saving: {', '.join(interrupted)}; "
+              "run the same command to resume them", file=sys.stderr)
+        return EXIT_PREEMPTED
     return 0
 
 

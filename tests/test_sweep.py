@@ -97,6 +97,31 @@ def test_interrupted_sweep_resumes_and_writes_tables_and_figure(tmp_path):
     assert mtimes == {p: (out / p / "summary.json").stat().st_mtime_ns for p in PRESETS}
 
 
+@pytest.mark.slow
+def test_a_run_stopped_by_its_own_signal_is_reported_resumable(tmp_path):
+    """A trainer preempted on its own (a cluster signals the job step): exit 75, not a failure, for the run and the sweep."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "--output-dir", str(out), *TINY]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = ""
+    while "started" not in first and proc.poll() is None:
+        first += proc.stdout.readline()
+    trainer = int(re.search(r"model5: started \(pid (\d+)\)", first).group(1))
+    deadline = time.monotonic() + 240
+    while not list((out / "model5" / "checkpoints").glob("step-*.pt")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the sweep wrote no checkpoint: {proc.communicate()}")
+        time.sleep(0.05)
+    os.kill(trainer, signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    stdout = first + stdout
+    assert proc.returncode == 75, stderr
+    assert "model5: interrupted by a signal after saving a checkpoint" in stdout and "FAILED" not in stdout
+    assert "run the same command to resume them" in stderr
+    assert re.search(r"\| model5 \|.*\| interrupted \(exit 75\)", (out / "results.md").read_text())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["model55"], "unknown preset 'model55'; did you mean model5"),
     (["model5", "optim.lrr=0.1"], "unknown setting 'optim.lrr'"),
