@@ -86,6 +86,10 @@ def trainer(args, out, precision):
     return [r["images_per_second"] for r in rows[1:]], [args.train_images / r["epoch_seconds"] for r in rows[1:]]
 
 
+def _change(ratio):
+    return f"trainer {abs(100 * (1 - ratio)):.1f}% {'slower' if ratio < 1 else 'faster'}"
+
+
 def hardware(device):
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
@@ -138,12 +142,12 @@ def main():
     ratio, whole_ratio = statistics.median(ratios), statistics.median(whole_ratios)
     print(f"bare loop                          {statistics.median(bare_rates):8.1f} images/s (median of rounds)")
     print(f"trainer, training                  {statistics.median(ours_rates):8.1f} images/s")
-    print(f"ratio trainer / bare, training     {ratio:.3f}  ({100 * (1 - ratio):+.1f}% slower; rounds "
+    print(f"ratio trainer / bare, training     {ratio:.3f}  ({_change(ratio)}; rounds "
           f"{min(ratios):.3f}..{max(ratios):.3f})")
-    print(f"ratio, whole epoch (with saving)   {whole_ratio:.3f}  ({100 * (1 - whole_ratio):+.1f}% slower)")
+    print(f"ratio, whole epoch (with saving)   {whole_ratio:.3f}  ({_change(whole_ratio)})")
     # other jobs on the machine only ever slow an epoch down: the fastest epoch of each is the least disturbed (timeit)
     best = max(ours_all) / max(bare_all)
-    print(f"ratio of the fastest epochs        {best:.3f}  ({100 * (1 - best):+.1f}% slower; bare {max(bare_all):.1f}, "
+    print(f"ratio of the fastest epochs        {best:.3f}  ({_change(best)}; bare {max(bare_all):.1f}, "
           f"trainer {max(ours_all):.1f} images/s)")
     print(f"target: training at most 5% slower -> {'met' if ratio >= 0.95 else 'NOT met'}")
 
