@@ -1,4 +1,5 @@
 """User-facing errors: one line saying what is wrong and what to do, no traceback."""
+import argparse
 import functools
 import sys
 
@@ -19,3 +20,19 @@ def cli(main):
             sys.exit(2)
 
     return wrapper
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose mistakes are a UserError (one line, exit 2 through `cli`) instead of the usage block.
+
+    doc: a module docstring; its first paragraph becomes the description, the rest (examples) the epilog."""
+
+    def __init__(self, prog: str, doc: str | None = None, **kwargs):
+        if doc:
+            first, *rest = doc.strip().split("\n\n")
+            kwargs.setdefault("description", first)
+            kwargs.setdefault("epilog", "\n\n".join(rest))
+        super().__init__(prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        raise UserError(f"{message}; see `{self.prog} --help`")

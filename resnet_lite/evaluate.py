@@ -10,7 +10,6 @@ Writes evaluation.json and confusion.png into the run directory (or --output DIR
 own test pass (resnet_lite.train.evaluate through resnet_lite.ema.TTA), so the run's last weights on its test data, with
 its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
 """
-import argparse
 import dataclasses
 import json
 import sys
@@ -23,7 +22,7 @@ from accelerate.state import AcceleratorState, GradientState
 from .checkpoint import atomic_write
 from .data import SPECS, DataConfig, DeviceLoader, load_data
 from .ema import TTA, TTA_LEVELS
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run, write_text
 from .train import resolve_mixed_precision, evaluate as evaluate_split
 
@@ -191,14 +190,8 @@ def print_report(report: dict) -> None:
         console.print(f"saved {Path(report['output']) / 'evaluation.json'} and confusion.png", highlight=False)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message}; see `python -m resnet_lite.evaluate --help`")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m resnet_lite.evaluate", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m resnet_lite.evaluate", __doc__)
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("--data", metavar="SPEC", help=f"dataset ({SPECS}); default: the run's own")
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")

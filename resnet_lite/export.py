@@ -13,7 +13,6 @@ onnxruntime, onnxscript; onnxscript selects torch's torch.export-based exporter,
 Model name, classes, mean, std and input size travel inside each file: ONNX metadata_props, the TorchScript archive's
 extra file resnet_lite.json, the timm config.json (label_names, pretrained_cfg).
 """
-import argparse
 import importlib.util
 import json
 import os
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
 
 __all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_timm", "export", "main"]
@@ -173,15 +172,8 @@ def export(path, fmt: str, output, weights: str = "last") -> tuple[Path, float]:
     return Path(output), writer(run, output)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message}; see `python -m resnet_lite.export --help`")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parts = __doc__.split("\n\n")
-    p = _Parser(prog="python -m resnet_lite.export", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=parts[0], epilog="\n\n".join(parts[1:]))
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m resnet_lite.export", __doc__)
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx: a .onnx file; torchscript: a .pt archive; safetensors: a timm folder")

@@ -9,7 +9,6 @@ augmentation level (its config's tta; --tta to choose) before the softmax, as in
 with an image extension. A file that cannot be read is reported on stderr and the others are still predicted.
 Exit status: 0 when at least one image was predicted; 2 (with a one-line error) when none could be.
 """
-import argparse
 import json
 import os
 import sys
@@ -20,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .ema import TTA, TTA_LEVELS
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
 
 __all__ = ["find_images", "read_image", "predict", "main"]
@@ -105,14 +104,8 @@ def print_table(results: list[dict], title: str) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message}; see `python -m resnet_lite.predict --help`")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m resnet_lite.predict", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=__doc__.split("\n\n")[0], epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m resnet_lite.predict", __doc__)
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")

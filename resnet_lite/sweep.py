@@ -13,7 +13,6 @@ folder or use another --output-dir). --gpus runs one preset per listed GPU at a 
 After every run, OUTPUT_DIR gets results.md and results.csv (the seed's Table 1 columns beside the measured best and
 final accuracy, epochs, time and parameters) and results.png (every run's test accuracy per epoch in one figure).
 """
-import argparse
 import csv
 import io
 import json
@@ -30,7 +29,7 @@ import torch
 
 from .config import list_presets, read_yaml, resolve_config
 from .data import SPECS
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .loggers import read_metrics
 from .models import SEED_TABLE
 from .runs import write_text
@@ -234,15 +233,8 @@ def print_results(rows: list[dict], out_dir) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message}; see `python -m resnet_lite.sweep --help`")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parts = __doc__.split("\n\n")
-    p = _Parser(prog="python -m resnet_lite.sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description=parts[0], epilog="\n\n".join(parts[1:]))
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m resnet_lite.sweep", __doc__)
     p.add_argument("items", nargs="*", metavar="PRESET_OR_KEY=VALUE",
                    help=f"presets to run (default: {' '.join(SEED_PRESETS)}; all: {' '.join(list_presets())}) and "
                         "overrides for every run, "

@@ -37,7 +37,6 @@ stopped by a signal (its data shard, step and a hash of its weights); RESNET_LIT
 kills the process with SIGKILL after optimizer step N, inside the write of checkpoint N, or just after it
 (resnet_lite.signals.crash_point). The tests use them to check what each process saw and to crash runs anywhere.
 """
-import argparse
 import dataclasses
 import hashlib
 import itertools
@@ -63,7 +62,7 @@ from .checkpoint import (CHECKPOINT_DIR, list_checkpoints, load_checkpoint, resu
 from .config import TrainConfig, list_presets, resolve_config, to_dict
 from .data import SPECS, DeviceLoader, load_data
 from .ema import TTA, build_ema, update_ema
-from .errors import UserError, cli
+from .errors import ArgumentParser, UserError, cli
 from .loggers import (Progress, log_wandb_final, plot_curves, print_final, read_metrics, wandb_mode, write_json,
                       write_metrics, write_yaml)
 from .models import SEED_TABLE, count_params, create_model
@@ -484,17 +483,12 @@ def _train(cfg: TrainConfig, accelerator: Accelerator, mode: str, wandb_hint: st
 # ---------------------------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 through errors.cli, instead of argparse's usage block
-        raise UserError(f"{message}; see `python -m resnet_lite.train --help`")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m resnet_lite.train", formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Train a lite ResNet with Accelerate (also: accelerate launch / torchrun -m resnet_lite.train).",
-                epilog=f"presets (--variant): {', '.join(list_presets())}; `--list` describes them.\n"
-                       "Precedence: defaults < --variant < --config < flags < KEY=VALUE overrides.\n"
-                       "Settings: see resnet_lite/config.py (TrainConfig) or a run's config.yaml.")
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser("python -m resnet_lite.train",
+                       description="Train a lite ResNet with Accelerate (also: accelerate launch / torchrun -m resnet_lite.train).",
+                       epilog=f"presets (--variant): {', '.join(list_presets())}; `--list` describes them.\n"
+                              "Precedence: defaults < --variant < --config < flags < KEY=VALUE overrides.\n"
+                              "Settings: see resnet_lite/config.py (TrainConfig) or a run's config.yaml.")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="any setting as a dotted override, e.g. optim.weight_decay=5e-4 schedule.name=onecycle")
     p.add_argument("--variant", metavar="PRESET", help="a preset from configs/ (model0..model8: the seed's Table 1)")

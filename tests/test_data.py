@@ -4,7 +4,6 @@ import hashlib
 import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -16,7 +16,7 @@ from resnet_lite import UserError
 from resnet_lite.data import DataConfig, load_data
 from resnet_lite.evaluate import evaluate, main
 from resnet_lite.runs import load_run
-from tiny_run import SETTINGS, TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
+from tiny_run import TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -29,14 +29,18 @@ def _env():
     return env
 
 
-def _interrupt_after_first_checkpoint(out):
-    proc = subprocess.Popen(_sweep(out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _wait_for_a_checkpoint(proc, out):
     deadline = time.monotonic() + 240
     while not list((out / "model5" / "checkpoints").glob("step-*.pt")):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             pytest.fail(f"the sweep wrote no checkpoint: {proc.communicate()}")
         time.sleep(0.05)
+
+
+def _interrupt_after_first_checkpoint(out):
+    proc = subprocess.Popen(_sweep(out), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_a_checkpoint(proc, out)
     proc.send_signal(signal.SIGTERM)  # what `kill` or a cluster's cancel sends
     stdout, stderr = proc.communicate(timeout=120)
     return proc.returncode, stdout, stderr
@@ -107,12 +111,7 @@ def test_a_run_stopped_by_its_own_signal_is_reported_resumable(tmp_path):
     while "started" not in first and proc.poll() is None:
         first += proc.stdout.readline()
     trainer = int(re.search(r"model5: started \(pid (\d+)\)", first).group(1))
-    deadline = time.monotonic() + 240
-    while not list((out / "model5" / "checkpoints").glob("step-*.pt")):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the sweep wrote no checkpoint: {proc.communicate()}")
-        time.sleep(0.05)
+    _wait_for_a_checkpoint(proc, out)
     os.kill(trainer, signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     stdout = first + stdout
