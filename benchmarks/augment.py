@@ -26,6 +26,7 @@ import torchvision
 import torchvision.transforms as T
 from PIL import Image
 
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from resnet_lite.augment import build_augment
 
 MEAN = (0.4914, 0.4821, 0.4465)  # the seed's CIFAR-10 statistics
@@ -104,14 +105,6 @@ def batched_rate(fn, data, batch_size, count, repeats, sync=lambda: None):
     return rates(times, len(times) * batch_size)
 
 
-def cpu_name():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main():

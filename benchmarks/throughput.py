@@ -14,7 +14,6 @@ setting of a variant in turn, so load that comes and goes hits them alike. CUDA 
 clock read. TFLOP/s counts 3 x forward MACs x 2 (forward + backward as twice the forward).
 """
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -27,6 +26,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
+from _machine import hardware  # benchmarks/ is on sys.path when a script runs
 from resnet_lite import count_macs, create_model
 from resnet_lite.augment import build_augment, build_normalize
 from resnet_lite.optim import OptimConfig, build_optimizer
@@ -56,13 +56,6 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def hardware(device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 class Bench:

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from _machine import hardware  # benchmarks/ is on sys.path when a script runs
 from resnet_lite.config import resolve_config
 from resnet_lite.data import load_data
 from resnet_lite.train import train
@@ -139,13 +140,6 @@ def report(preset: str, seeds: list[dict], targets, epochs: int) -> str:
     return "\n".join(lines)
 
 
-def hardware() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})"
-    cpu = platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def _write_json(path, data):

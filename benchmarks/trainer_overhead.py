@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from _machine import hardware  # benchmarks/ is on sys.path when a script runs
 from resnet_lite import create_model
 from resnet_lite.augment import build_augment
 from resnet_lite.config import resolve_config
@@ -90,13 +91,6 @@ def _change(ratio):
     return f"trainer {abs(100 * (1 - ratio)):.1f}% {'slower' if ratio < 1 else 'faster'}"
 
 
-def hardware(device):
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as f:
-        cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
 
 
 def main():
