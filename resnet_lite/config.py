@@ -23,7 +23,7 @@ import yaml
 
 from .augment import AugmentConfig
 from .data import DataConfig
-from .ema import TTA_LEVELS, EMAConfig
+from .ema import EMAConfig, check_tta
 from .errors import UserError
 from .optim import OptimConfig, ScheduleConfig
 
@@ -74,8 +74,7 @@ class TrainConfig:
                             f"micro-batches; use a batch_size divisible by {self.grad_accum}")
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
-        if self.tta not in TTA_LEVELS:
-            raise UserError(f"tta={self.tta} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
+        check_tta(self.tta)
 
 
 # ---------------------------------------------------------------------------------------------- dict <-> dataclass

@@ -17,9 +17,15 @@ from timm.utils import ModelEmaV3
 
 from .errors import UserError
 
-__all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema", "TTA", "TTA_LEVELS"]
+__all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema", "TTA", "TTA_LEVELS", "check_tta"]
 
 TTA_LEVELS = (0, 1, 2)  # none, flip, flip + 1-pixel translate
+
+
+def check_tta(level) -> int:
+    if level not in TTA_LEVELS:
+        raise UserError(f"tta={level} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
+    return level
 
 
 @dataclass
@@ -70,9 +76,7 @@ class TTA(torch.nn.Module):
 
     def __init__(self, model: torch.nn.Module, level: int = 1):
         super().__init__()
-        if level not in TTA_LEVELS:
-            raise UserError(f"tta={level} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
-        self.model, self.level = model, level
+        self.model, self.level = model, check_tta(level)
 
     def _mirror(self, x):
         return (self.model(x) + self.model(_like(x.flip(-1), x))) / 2

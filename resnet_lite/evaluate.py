@@ -61,7 +61,7 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
     if split not in SPLITS:
         raise UserError(f"--split {split} is not one of {', '.join(SPLITS)}")
     run = load_run(path, weights)
-    tta = (run.config.tta if run.config else 0) if tta is None else tta
+    tta = run.tta if tta is None else tta
     data_cfg = _data_config(run, data, data_dir, image_size)
     batch_size = batch_size or (run.config.eval_batch_size if run.config else 512)
     accelerator = Accelerator(mixed_precision=_precision(mixed_precision, run))
@@ -115,7 +115,7 @@ def _report(run: Run, spec, split, tta, batch_size, result, accelerator) -> dict
     }
     # the run's own final measurement is comparable: last weights, its test split, its TTA level
     if (run.summary and run.weights.name == WEIGHTS["last"] and spec == run.config.data.spec and split == "test"
-            and tta == run.config.tta):
+            and tta == run.tta):
         report["run_final_test_acc"] = run.summary["final_test_acc"]
     return report
 

@@ -69,7 +69,7 @@ def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
     if run.image_size is None:
         raise UserError(f"{run.weights} does not record the model's input size; re-export it with resnet_lite")
     files, problems = find_images(paths)
-    tta = (run.config.tta if run.config else 0) if tta is None else tta
+    tta = run.tta if tta is None else tta
     model = TTA(run.model.to(device), tta)
     k = min(top_k, len(run.classes))
     results = []

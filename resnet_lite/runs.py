@@ -46,6 +46,11 @@ class Run:
     def image_size(self) -> int | None:
         return self.meta.get("image_size")
 
+    @property
+    def tta(self) -> int:
+        """The test-time augmentation level the run evaluated with (0 when its config is not at hand)."""
+        return self.config.tta if self.config else 0
+
 
 def _timm_folder(folder: Path) -> tuple[dict, dict]:
     """(state_dict, meta) of a timm-style export folder: config.json + model.safetensors."""
