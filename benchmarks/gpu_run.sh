@@ -7,8 +7,9 @@
 #   mkdir -p gpu_data && cp ../shared/data/cifar10-jpeg.tar.gz gpu_data/       # gpu_data/ is git-ignored
 #   run(command="bash benchmarks/gpu_run.sh", carry=["gpu_data"], timeout_s=600)
 # then copy summary.md's tables into BENCHMARKS.md (## Throughput, ## Time to accuracy) with the figures' hardware.
-# The same flow on a CPU with tiny settings (extracts the real archive, 2 seeds x 1 epoch on 200 images):
-#   PYTHON=/work/venv/bin/python bash benchmarks/gpu_run.sh --dry-run
+# The same flow on a CPU with tiny settings (extracts the archive, 2 seeds x 1 epoch on 200 images), with a Python like
+# the GPU machine's (torch, timm, accelerate; resnet_lite NOT installed), as tests/test_gpu_run.py runs it:
+#   PYTHON=/path/to/bare/python bash benchmarks/gpu_run.sh --dry-run      # ARCHIVE=... for another archive
 #
 # Budget: BUDGET seconds (default 560) for everything (the device tool stops a command at 600 s). Every stage runs
 # under `timeout` with what is left, a stage that no longer fits is skipped, and each benchmark rewrites its JSON after
@@ -26,6 +27,7 @@ if (( DRY )); then
 fi
 : "${OUT:?OUT must name the output folder (the device tool sets it)}"
 BUDGET=${BUDGET:-560}
+SCRATCH=${SCRATCH:-/tmp/resnet_lite_gpu_run}  # extracted data, its decoded cache, the benchmark runs
 MODEL5_SHARE=${MODEL5_SHARE:-160}  # seconds kept back for model5 while the fast presets run
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_run.log") 2>&1
@@ -49,11 +51,10 @@ stage() {  # stage NAME MAX_SECONDS KEEP_SECONDS COMMAND...: run under timeout m
 
 # ---------------------------------------------------------------------------------------------- setup
 echo "== setup at $(date -u +%FT%TZ), dry run: $DRY"
-SITE=/tmp/resnet_lite_site
-rm -rf "$SITE" && mkdir -p "$SITE"
-# the package as the wheel lays it out (configs/ becomes resnet_lite.configs), without pip or a network
-cp -r resnet_lite "$SITE/" && cp -r configs "$SITE/resnet_lite/configs"
-export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+# the package from this checkout, not installed (the GPU machine has no network for pip): the checkout's root first on
+# sys.path for every Python below (resnet_lite.shipped finds the presets in configs/ beside the source folder)
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+"$PY" -c "import resnet_lite, sys; print('resnet_lite', resnet_lite.__version__, 'from', resnet_lite.__file__)" || exit 3
 
 ARCHIVE=${ARCHIVE:-gpu_data/cifar10-jpeg.tar.gz}
 [[ -f "$ARCHIVE" ]] || ARCHIVE=../shared/data/cifar10-jpeg.tar.gz
@@ -61,10 +62,10 @@ if [[ ! -f "$ARCHIVE" ]]; then
     echo "no CIFAR-10-JPEG archive: copy ../shared/data/cifar10-jpeg.tar.gz into gpu_data/ and carry gpu_data"
     exit 2
 fi
-DATA_ROOT=/tmp/c10jpeg
+DATA_ROOT=$SCRATCH/c10jpeg
 rm -rf "$DATA_ROOT" && mkdir -p "$DATA_ROOT" && tar -xzf "$ARCHIVE" -C "$DATA_ROOT" || exit 2
 DATA="imagefolder:$DATA_ROOT/cifar10-jpeg"
-CACHE=/tmp/resnet_lite_cache
+CACHE=$SCRATCH/cache
 
 {
     echo "date: $(date -u +%FT%TZ)"
@@ -113,15 +114,15 @@ stage throughput 110 "$((MODEL5_SHARE + 120))" \
 FAST_BUDGET=$(( $(left) - MODEL5_SHARE - 15 ))
 stage "time to accuracy: fast, fast94" "$FAST_BUDGET" "$MODEL5_SHARE" \
     "$PY" benchmarks/time_to_accuracy.py --preset fast fast94 --seeds "$FAST_SEEDS" --data "$DATA" --data-dir "$CACHE" \
-    --out /tmp/tta_fast --budget "$(( FAST_BUDGET - 10 ))" --json "$OUT/tta_fast.json" "${TINY[@]}"
+    --out "$SCRATCH/tta_fast" --budget "$(( FAST_BUDGET - 10 ))" --json "$OUT/tta_fast.json" "${TINY[@]}"
 
 # model5 as its own process, stopped at the budget: its finished epochs still count
 M5=$(( $(left) - 25 ))
 (( M5 > MODEL5_TIMEOUT_CAP )) && M5=$MODEL5_TIMEOUT_CAP
 stage "time to accuracy: model5" "$(( M5 + 20 ))" 5 \
     "$PY" benchmarks/time_to_accuracy.py --preset model5 --seeds 1 --runner subprocess --run-timeout "$M5" \
-    --data "$DATA" --data-dir "$CACHE" --out /tmp/tta_model5 --json "$OUT/tta_model5.json" "${TINY[@]}"
-tail -n 5 /tmp/tta_model5/model5-seed0.log 2>/dev/null
+    --data "$DATA" --data-dir "$CACHE" --out "$SCRATCH/tta_model5" --json "$OUT/tta_model5.json" "${TINY[@]}"
+tail -n 5 "$SCRATCH/tta_model5/model5-seed0.log" 2>/dev/null
 
 # ---------------------------------------------------------------------------------------------- summary
 "$PY" - "$OUT" <<'EOF'

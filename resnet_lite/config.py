@@ -12,7 +12,6 @@ Unknown keys and wrong types raise UserError naming the key, what it should be, 
 """
 import dataclasses
 import difflib
-import importlib.resources
 import re
 import types
 import typing
@@ -26,6 +25,7 @@ from .data import DataConfig
 from .ema import EMAConfig, check_tta
 from .errors import UserError
 from .optim import OptimConfig, ScheduleConfig
+from .shipped import shipped
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml", "load_yaml",
            "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
@@ -226,7 +226,7 @@ def read_yaml(path) -> dict:
 
 
 def _presets_dir():
-    return importlib.resources.files("resnet_lite.configs")
+    return shipped("configs")
 
 
 def list_presets() -> list[str]:

@@ -52,6 +52,14 @@ def test_install_command_is_the_main_job():
     assert block.strip() == "pip install . && accelerate launch -m resnet_lite.train --variant model5"
 
 
+def test_ci_runs_the_main_command_as_written():
+    """.ci/run runs MAIN_COMMAND (plus --epochs 1) in a fresh venv from the checkout: it must be the README's."""
+    (block,) = re.findall(r"```bash\n(.*?)\n```", _section("Install and train"), re.S)
+    (ci,) = re.findall(r"^MAIN_COMMAND='(.*)'$", (REPO / ".ci" / "run").read_text(), re.M)
+    assert ci == block.strip()
+    assert 'eval "$MAIN_COMMAND --epochs 1' in (REPO / ".ci" / "run").read_text()
+
+
 @cache
 def _help(module):
     proc = subprocess.run([sys.executable, "-m", f"resnet_lite.{module}", "--help"], capture_output=True, text=True,
