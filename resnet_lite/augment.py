@@ -12,12 +12,11 @@ integers after every op, in a random order per image.
     x = fn(uint8_batch, generator)          # float32, normalised
 """
 import dataclasses
-import difflib
 from dataclasses import dataclass
 
 import torch
 
-from resnet_lite.errors import UserError
+from resnet_lite.errors import UserError, did_you_mean
 
 _PAD_MODES = ("zero", "reflect")
 _JITTER_OPS = ("brightness", "contrast", "saturation")
@@ -47,9 +46,8 @@ PRESETS: dict[str, AugmentConfig] = {
 
 
 def _suggest(name, choices):
-    close = difflib.get_close_matches(str(name), list(choices), n=1)
-    hint = f"did you mean '{close[0]}'? " if close else ""
-    return f"{hint}(choose from {', '.join(choices)})"
+    hint = did_you_mean(name, choices)
+    return f"{hint + ' ' if hint else ''}(choose from {', '.join(choices)})"
 
 
 def _check(name, value):

@@ -1,22 +1,4 @@
-"""What a run keeps on disk: resumable checkpoints and self-describing weights, written atomically.
-
-A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable with torch.load(weights_only=True):
-
-    model, optimizer, scheduler, scaler      state_dicts (scaler None without fp16)
-    epoch                                    epochs completed
-    batch                                    optimizer steps done in epoch `epoch` (0 at an epoch boundary): the data
-                                             order is a function of (seed, epoch), so resuming skips this many batches
-    step                                     optimizer steps since the start of the run
-    config                                   the resolved TrainConfig as a dict
-    rng                                      the main process's generators: {"torch": ByteTensor, "cuda": [ByteTensor
-                                             per device], "python": [int], "numpy": LongTensor} (augmentation draws
-                                             from a generator seeded per step, so it needs no state)
-    train_loss_sum, train_images             the partial epoch's running train loss, so its metrics stay whole
-    best, best_step                          {"acc": float, "epoch": int} so far; the step of the best epoch's checkpoint
-    classes                                  the class names the model was trained on
-    ranks                                    per process: its train_loss_sum, train_images, rng and BatchNorm buffers
-                                             of [model, ema], which differ between processes within an epoch
-    elapsed, world_size, wandb_id            seconds trained so far, processes, the W&B run to continue
+"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds: resnet_lite.state).
 
 Files are `checkpoints/step-00001234.pt`. A new one is complete (temp file, fsync, rename, fsync of the folder) before
 any other is removed; then the folder keeps the newest `keep` and the best one, and drops those of a later step (left
@@ -27,65 +9,22 @@ classes, mean, std), enough for evaluate/predict/export to rebuild the model and
 """
 import io
 import json
-import os
-import random
 import re
-import tempfile
 from pathlib import Path
 
-import numpy as np
 import safetensors.torch
 import torch
 
 from .errors import UserError
-from .signals import crash_point
+from .files import atomic_write
+from .hooks import crash_point
+from .state import REQUIRED
 
-__all__ = ["atomic_write", "save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint",
-           "resumable_checkpoint", "save_weights", "load_weights", "rng_state", "set_rng_state", "CHECKPOINT_DIR"]
+__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint", "resumable_checkpoint",
+           "save_weights", "load_weights", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
-_REQUIRED = ("model", "optimizer", "scheduler", "epoch", "batch", "step", "config", "rng")
-_UMASK = os.umask(0o022)
-os.umask(_UMASK)
-
-
-def _write_error(path: Path, e: OSError) -> UserError:
-    return UserError(f"cannot write {path} ({e.strerror or e}); free some space or fix the folder's permissions "
-                     f"(or choose another --output-dir), then resume with --resume")
-
-
-def atomic_write(path, write, mode="wb") -> Path:
-    """Call write(file) on a temporary file beside `path`, flush and fsync it, then rename it to `path`.
-    A full disk or a folder that cannot be written: UserError, and no temporary file left behind."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise _write_error(path, e) from None
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; the result should read like any file the user writes
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError):
-            raise _write_error(path, e) from None
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass  # some file systems cannot fsync a directory
-    return path
 
 
 def list_checkpoints(directory) -> list[Path]:
@@ -148,7 +87,7 @@ def load_checkpoint(path) -> dict:
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); "
                         f"resume from an earlier one in {Path(path).parent}") from None
-    missing = [k for k in _REQUIRED if k not in state] if isinstance(state, dict) else list(_REQUIRED)
+    missing = [k for k in REQUIRED if k not in state] if isinstance(state, dict) else list(REQUIRED)
     if missing:
         raise UserError(f"{path} is not a resnet_lite checkpoint (no {', '.join(missing)}); "
                         f"give a checkpoints/step-*.pt file of a run")
@@ -176,25 +115,6 @@ def resumable_checkpoint(path, warn=print) -> tuple[Path, dict] | None:
         raise UserError(f"no checkpoint in {found[0].parent} can be read (newest: {errors[0].split('; ')[0]}); "
                         f"start the run again in another --output-dir")
     return None
-
-
-def rng_state() -> dict:
-    py = random.getstate()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "python": [py[0], *py[1], py[2]], "numpy": torch.from_numpy(keys.astype(np.int64)),
-            "numpy_rest": [pos, has_gauss, gauss]}
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if "python" in state:  # checkpoints written before these were kept have only torch's
-        version, *keys, gauss = state["python"]
-        random.setstate((version, tuple(keys), gauss))
-        pos, has_gauss, gauss = state["numpy_rest"]
-        np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), pos, has_gauss, gauss))
 
 
 def save_weights(state_dict: dict, path, metadata: dict) -> Path:

@@ -11,7 +11,6 @@ only composes them. Precedence, lowest first:
 Unknown keys and wrong types raise UserError naming the key, what it should be, and the closest known key.
 """
 import dataclasses
-import difflib
 import re
 import types
 import typing
@@ -22,10 +21,11 @@ import yaml
 
 from .augment import AugmentConfig
 from .data import DataConfig
-from .ema import EMAConfig, check_tta
-from .errors import UserError
+from .ema import EMAConfig
+from .errors import UserError, did_you_mean
 from .optim import OptimConfig, ScheduleConfig
 from .shipped import shipped
+from .tta import check_tta
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml", "load_yaml",
            "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
@@ -142,9 +142,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
         value = _convert(value, hints[key], prefix + key)
         choices = known[key].metadata.get("choices")
         if choices and value not in choices:
-            close = difflib.get_close_matches(str(value), choices, n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise UserError(f"{prefix}{key}={value!r} is not one of {', '.join(choices)}; {hint}".rstrip("; "))
+            raise UserError(f"{prefix}{key}={value!r} is not one of {', '.join(choices)}; {did_you_mean(value, choices)}"
+                            .rstrip("; "))
         values[key] = value
     return cls(**values)
 
@@ -178,12 +177,11 @@ def _suggest(key: str, cls) -> str:
     parent, _, leaf = key.rpartition(".")
     parent = parent + "." if parent else ""
     siblings = [f.name for f in dataclasses.fields(cls)]
-    close = [parent + m for m in difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)]
     paths = _paths(TrainConfig)
-    close = close or [p for p in paths if p.rsplit(".", 1)[-1] == leaf and p != key]
-    close = close or difflib.get_close_matches(key, paths, n=1, cutoff=0.6)
-    if close:
-        return f"did you mean '{close[0]}'?"
+    same_leaf = [p for p in paths if p.rsplit(".", 1)[-1] == leaf and p != key]
+    hint = did_you_mean(leaf, siblings).replace("'", f"'{parent}", 1) or did_you_mean(key, same_leaf, cutoff=0)
+    if hint := hint or did_you_mean(key, paths):
+        return hint
     return f"known settings{' under ' + parent.rstrip('.') if parent else ''}: {', '.join(siblings)}"
 
 
@@ -238,9 +236,8 @@ def list_presets() -> list[str]:
 def read_preset(name: str) -> dict:
     presets = list_presets()
     if name not in presets:
-        close = difflib.get_close_matches(name, presets, n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}? " if close else ""
-        raise UserError(f"unknown preset '{name}'; {hint}(presets: {', '.join(presets)}; `python -m resnet_lite.train --list`)")
+        hint = did_you_mean(name, presets, n=3, cutoff=0.5)
+        raise UserError(f"unknown preset '{name}'; {hint + ' ' if hint else ''}(presets: {', '.join(presets)}; `python -m resnet_lite.train --list`)")
     data = load_yaml(_presets_dir().joinpath(f"{name}.yaml").read_text()) or {}
     if not isinstance(data, dict):
         raise UserError(f"preset {name} must hold a mapping of settings")

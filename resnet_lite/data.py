@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, fields
@@ -23,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from . import cifar
 from .errors import UserError
+from .files import atomic_write
+from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 
 SPECS = "cifar10 | cifar100 | imagefolder:PATH | synthetic"
 HOLDOUT_SEED = 0  # fixed, so the held-out images are the same whatever the training seed
@@ -168,18 +168,6 @@ def _fingerprint(base, files) -> str:
     return h.hexdigest()[:16]
 
 
-def _write_atomic(path: Path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _cached_stats(cache, key, holdout, images):
     """mean/std of `images`, read from / written to `<dir>/<stem>.stats.json` when the key matches."""
     if cache is None:
@@ -197,18 +185,13 @@ def _cached_stats(cache, key, holdout, images):
     mean, std = channel_stats(images)
     stored[entry] = {"mean": mean, "std": std}
     try:
-        _write_atomic(path, lambda f: f.write(json.dumps(stored, indent=1).encode()))
+        atomic_write(path, lambda f: f.write(json.dumps(stored, indent=1).encode()))
     except OSError:
         pass  # a read-only data folder: the stats are recomputed next time, which is all a cache miss costs
     return mean, std
 
 
 # ---------------------------------------------------------------------------------------------- imagefolder
-
-
-def _image_extensions() -> set[str]:
-    Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
 
 def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[int]]:
@@ -219,10 +202,7 @@ def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[in
     paths, labels = [], []
     for label, name in enumerate(classes):
         count = len(paths)
-        for parent, _, names in sorted(os.walk(os.path.join(folder, name), followlinks=True)):
-            for fname in sorted(names):
-                if not fname.startswith(".") and os.path.splitext(fname)[1].lower() in extensions:
-                    paths.append(os.path.join(parent, fname))
+        paths += list_images(os.path.join(folder, name), extensions)
         if len(paths) == count:
             raise UserError(f"class folder {folder / name} has no images; add some or remove the folder")
         labels += [label] * (len(paths) - count)
@@ -232,7 +212,7 @@ def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[in
 def _load_imagefolder(path: Path, cache_dir: Path, image_size):
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise UserError(f"imagefolder:{path} needs {path}/train/<class>/* and {path}/test/<class>/* (and optionally val/)")
-    extensions = _image_extensions()
+    extensions = image_extensions()
     listing = {s: _list_split(path / s, extensions) for s in ("train", "val", "test") if (path / s).is_dir()}
     classes = listing["train"][0]
     for split, (split_classes, _, _) in listing.items():
@@ -259,7 +239,7 @@ def _load_imagefolder(path: Path, cache_dir: Path, image_size):
         splits[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2), torch.tensor(labels))
     payload = {"classes": classes, **{s: (sp.images, sp.labels) for s, sp in splits.items()}}
     try:
-        _write_atomic(cache_file, lambda f: torch.save(payload, f))
+        atomic_write(cache_file, lambda f: torch.save(payload, f))
         for old in cache_dir.glob(f"{prefix}-*.pt"):  # earlier decodes of this folder, now stale
             if old != cache_file:
                 old.unlink(missing_ok=True)
@@ -273,12 +253,8 @@ def _decode_chunk(paths, image_size):
     out, first = None, None
     for i, path in enumerate(paths):
         try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if image_size:
-                    img = img.resize((image_size, image_size), Image.BILINEAR)
-                arr = np.asarray(img)
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as e:
+            arr = decode(path, image_size)
+        except IMAGE_ERRORS as e:
             return None, (str(path), f"cannot be read as an image ({e})")
         if out is None:
             out, first = np.empty((len(paths), *arr.shape), np.uint8), path

@@ -1,31 +1,19 @@
-"""What the trainer evaluates: an exponential moving average (EMA) of the weights, seen through test-time augmentation.
+"""An exponential moving average (EMA) of the weights, which the trainer evaluates and saves when enabled.
 
-    ema = build_ema(cfg.ema, net)                    # None unless cfg.ema.enabled
+    ema = build_ema(cfg.ema, model)                  # None unless cfg.ema.enabled
     ... optimizer.step(); step += 1
-    update_ema(ema, net, cfg.ema, step)              # acts every cfg.ema.every optimizer steps
-    logits = TTA(ema.module if ema else net, level=cfg.tta)(x)
+    update_ema(ema, model, cfg.ema, step)            # acts every cfg.ema.every optimizer steps
 
 The average is timm's ModelEmaV3 (foreach lerp over the state_dict); the decay schedule is ours, in optimizer steps.
-TTA follows airbench94's `infer`: level 1 averages the logits of an image and its mirror image, level 2 averages that
-(weight 1/2) with the same pair shifted one pixel up-left and one pixel down-right under reflect padding (1/4 each).
 """
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from timm.utils import ModelEmaV3
 
 from .errors import UserError
 
-__all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema", "TTA", "TTA_LEVELS", "check_tta"]
-
-TTA_LEVELS = (0, 1, 2)  # none, flip, flip + 1-pixel translate
-
-
-def check_tta(level) -> int:
-    if level not in TTA_LEVELS:
-        raise UserError(f"tta={level} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
-    return level
+__all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema"]
 
 
 @dataclass
@@ -69,32 +57,3 @@ def update_ema(ema: ModelEmaV3 | None, model: torch.nn.Module, cfg: EMAConfig, s
         ema.apply_update_no_buffers_(model, decay)
     else:
         ema.apply_update_(model, decay)
-
-
-class TTA(torch.nn.Module):
-    """Test-time augmentation around a model of N x C x H x W batches; level 0 is the model itself."""
-
-    def __init__(self, model: torch.nn.Module, level: int = 1):
-        super().__init__()
-        self.model, self.level = model, check_tta(level)
-
-    def _mirror(self, x):
-        return (self.model(x) + self.model(_like(x.flip(-1), x))) / 2
-
-    def forward(self, x):
-        if self.level == 0:
-            return self.model(x)
-        logits = self._mirror(x)
-        if self.level == 1:
-            return logits
-        h, w = x.shape[-2:]
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = (self._mirror(_like(padded[..., :h, :w], x)) + self._mirror(_like(padded[..., 2:, 2:], x))) / 2
-        return (logits + shifted) / 2
-
-
-def _like(y, x):
-    """y laid out in memory as x (channels_last or not), so a compiled model sees one input layout."""
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return y.contiguous(memory_format=torch.channels_last)
-    return y.contiguous()

@@ -1,5 +1,6 @@
 """User-facing errors: one line saying what is wrong and what to do, no traceback."""
 import argparse
+import difflib
 import functools
 import sys
 
@@ -36,3 +37,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UserError(f"{message}; see `{self.prog} --help`")
+
+
+def did_you_mean(word, choices, n: int = 1, cutoff: float = 0.6) -> str:
+    """"did you mean 'x'?" (n=1) or "did you mean x, y?" for the closest of `choices` to `word`; "" when none is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=cutoff)
+    if not close:
+        return ""
+    return f"did you mean '{close[0]}'?" if n == 1 else f"did you mean {', '.join(close)}?"

@@ -7,7 +7,7 @@
     accelerate launch -m resnet_lite.evaluate runs/m5               # each process takes a shard; the sums are reduced
 
 Writes evaluation.json and confusion.png into the run directory (or --output DIR). The computation is the trainer's
-own test pass (resnet_lite.train.evaluate through resnet_lite.ema.TTA), so the run's last weights on its test data, with
+own test pass (resnet_lite.engine.evaluate_loader through resnet_lite.tta.TTA), so the run's last weights on its test data, with
 its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
 """
 import dataclasses
@@ -16,17 +16,16 @@ import sys
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
-from accelerate.state import AcceleratorState, GradientState
 
-from .checkpoint import atomic_write
 from .data import SPECS, DataConfig, DeviceLoader, load_data
-from .ema import TTA, TTA_LEVELS
+from .engine import accelerator_session, evaluate_loader, resolve_mixed_precision
 from .errors import ArgumentParser, UserError, cli
-from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run, write_text
-from .train import resolve_mixed_precision, evaluate as evaluate_split
+from .files import write_json
+from .plots import plot_confusion
+from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
+from .tta import TTA, TTA_LEVELS
 
-__all__ = ["evaluate", "plot_confusion", "main"]
+__all__ = ["evaluate", "main"]
 
 SPLITS = ("test", "val", "train")
 MAX_TABLE_CLASSES = 20  # per-class rows printed; more classes: the weakest ones
@@ -54,7 +53,7 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
              batch_size: int | None = None, mixed_precision: str = "auto", output=None, data_dir: str | None = None,
              image_size: int | None = None) -> dict:
     """Evaluate the model at `path` (see resnet_lite.runs.load_run) on a split of `data` (default: the run's own data).
-    tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.ema.TTA); None: the run's own level (else 0).
+    tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.tta.TTA); None: the run's own level (else 0).
 
     Every process of `accelerate launch` takes its shard; the returned result is the same on all. The main process
     writes evaluation.json and confusion.png into `output` (default: the run directory, else beside the weights)."""
@@ -64,8 +63,7 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
     tta = run.tta if tta is None else tta
     data_cfg = _data_config(run, data, data_dir, image_size)
     batch_size = batch_size or (run.config.eval_batch_size if run.config else 512)
-    accelerator = Accelerator(mixed_precision=_precision(mixed_precision, run))
-    try:
+    with accelerator_session(mixed_precision=_precision(mixed_precision, run)) as accelerator:
         with accelerator.main_process_first():  # one download; the others then read it
             ds = load_data(data_cfg)
         if ds.classes != run.classes:
@@ -84,18 +82,14 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
         model = torch.compile(model) if run.config and run.config.compile else model
         loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
-        result = evaluate_split(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)
+        result = evaluate_loader(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)
         report = _report(run, data_cfg.spec, split, tta, batch_size, result, accelerator)
         if accelerator.is_main_process:
             out = Path(output) if output else (run.run_dir or run.weights.parent)
-            write_text(out / "evaluation.json", json.dumps(report, indent=2) + "\n")
+            write_json(report, out / "evaluation.json")
             plot_confusion(result["confusion"], run.classes, out / "confusion.png",
                            f"{run.meta['model']} on {ds.name} {split}: {100 * result['acc']:.2f}%")
             report["output"] = str(out)
-    finally:
-        accelerator.end_training()
-        AcceleratorState._reset_state(reset_partial_state=True)  # a later call may use another precision
-        GradientState._reset_state()
     return report
 
 
@@ -118,33 +112,6 @@ def _report(run: Run, spec, split, tta, batch_size, result, accelerator) -> dict
             and tta == run.tta):
         report["run_final_test_acc"] = run.summary["final_test_acc"]
     return report
-
-
-def plot_confusion(confusion: torch.Tensor, classes: list[str], path, title: str = "") -> None:
-    """Rows: true class, columns: predicted; colour is the row's fraction, numbers are counts (up to 20 classes)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = confusion.double()
-    rates = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    n = len(classes)
-    side = min(4 + 0.45 * n, 24)
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    image = ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    if n <= MAX_TABLE_CLASSES:
-        ax.set_xticks(range(n), classes, rotation=45, ha="right")
-        ax.set_yticks(range(n), classes)
-        for t in range(n):
-            for p in range(n):
-                ax.text(p, t, int(counts[t, p]), ha="center", va="center", fontsize=8,
-                        color="white" if rates[t, p] > 0.5 else "black")
-    ax.set(xlabel="predicted", ylabel="true", title=title)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
 
 
 def print_report(report: dict) -> None:

@@ -15,15 +15,13 @@ extra file resnet_lite.json, the timm config.json (label_names, pretrained_cfg).
 """
 import importlib.util
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 
 from .errors import ArgumentParser, UserError, cli
+from .files import staged
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
 
 __all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_timm", "export", "main"]
@@ -53,21 +51,6 @@ def _description(run: Run) -> dict:
     return {k: run.meta.get(k) for k in keys}
 
 
-def _temporary(path: Path, folder: bool = False) -> Path:
-    """A temporary file (or folder) beside `path`, with the permissions a plain new file would get (mkstemp: 0600)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    umask = os.umask(0)
-    os.umask(umask)
-    if folder:
-        tmp = tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.chmod(tmp, 0o777 & ~umask)
-    else:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~umask)
-        os.close(fd)
-    return Path(tmp)
-
-
 def export_onnx(run: Run, path, dynamo: bool | None = None) -> float:
     """ONNX file with inputs `image` (batch dimension `batch`) and outputs `logits`; returns the max difference to
     PyTorch measured with onnxruntime. dynamo: torch.export-based exporter (default: when onnxscript is installed)."""
@@ -78,8 +61,7 @@ def export_onnx(run: Run, path, dynamo: bool | None = None) -> float:
         raise UserError("ONNX export needs onnx and onnxruntime: pip install 'resnet_lite[export]'") from None
     dynamo = importlib.util.find_spec("onnxscript") is not None if dynamo is None else dynamo
     path, model = Path(path), run.model.cpu().eval()
-    tmp = _temporary(path)
-    try:
+    with staged(path) as tmp:
         names = dict(input_names=["image"], output_names=["logits"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter announces its end
@@ -98,18 +80,14 @@ def export_onnx(run: Run, path, dynamo: bool | None = None) -> float:
         x = _sample(run, CHECK_BATCH)
         with torch.no_grad():
             diff = _check("ONNX", torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), model(x))
-        os.replace(tmp, path)
-        return diff
-    finally:
-        tmp.unlink(missing_ok=True)
+    return diff
 
 
 def export_torchscript(run: Run, path) -> float:
     """Traced TorchScript archive (LiteResNet's stage loop is not scriptable; its forward has no data-dependent
     branches, so tracing records all of it). Returns the max difference after torch.jit.load."""
     path, model = Path(path), run.model.cpu().eval()
-    tmp = _temporary(path)
-    try:
+    with staged(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated in favour of torch.export
             traced = torch.jit.trace(model, _sample(run, TRACE_BATCH))
@@ -120,10 +98,7 @@ def export_torchscript(run: Run, path) -> float:
             diff = _check("TorchScript", loaded(x), model(x))
         if json.loads(extra["resnet_lite.json"])["classes"] != run.classes:
             raise RuntimeError("the TorchScript archive lost its resnet_lite.json; nothing was written")
-        os.replace(tmp, path)
-        return diff
-    finally:
-        tmp.unlink(missing_ok=True)
+    return diff
 
 
 def export_timm(run: Run, folder) -> float:
@@ -139,8 +114,7 @@ def export_timm(run: Run, folder) -> float:
         raise UserError(f"{folder} exists and is not an earlier export (config.json + model.safetensors); "
                         f"choose another --output")
     size = run.image_size or 32
-    tmp = _temporary(folder, folder=True)
-    try:
+    with staged(folder, folder=True) as tmp:
         save_for_hf(model, tmp, model_config={"label_names": run.classes}, safe_serialization=True,
                     data_config={"input_size": (run.meta["in_chans"], size, size), "mean": tuple(run.meta["mean"]),
                                  "std": tuple(run.meta["std"]), "interpolation": "bilinear", "crop_pct": 1.0})
@@ -155,12 +129,7 @@ def export_timm(run: Run, folder) -> float:
         x = _sample(run, CHECK_BATCH)
         with torch.no_grad():
             diff = _check("timm", rebuilt(x), model(x))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-        return diff
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    return diff
 
 
 def export(path, fmt: str, output, weights: str = "last") -> tuple[Path, float]:

@@ -1,10 +1,10 @@
-"""What people watching a run see: the console, the run directory's metrics and curves, and Weights & Biases.
+"""What people watching a run see: the console and Weights & Biases (the run directory's files: resnet_lite.files,
+its figures: resnet_lite.plots).
 
 Everything here runs on the main process only (the trainer passes enabled=False elsewhere). On a terminal the
 console is a rich progress bar per epoch (images/s, loss, lr, ETA) and a table row per epoch; when stdout is a
 file or a pipe it is plain lines a log file can follow: progress every PLAIN_EVERY seconds and one line per epoch.
 """
-import json
 import math
 import netrc
 import os
@@ -13,16 +13,15 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .checkpoint import atomic_write
 
-__all__ = ["Progress", "write_metrics", "read_metrics", "write_json", "write_yaml", "plot_curves", "wandb_mode", "log_wandb_final",
-           "print_final"]
+__all__ = ["Progress", "fmt_time", "wandb_mode", "log_wandb_final", "print_final"]
 
 PLAIN_EVERY = 30.0  # seconds between plain progress lines
 REFRESH_EVERY = 0.5  # seconds between reads of the running loss: each read waits for the device
 
 
-def _fmt_time(seconds: float) -> str:
+def fmt_time(seconds: float) -> str:
+    """H:MM:SS"""
     seconds = int(max(seconds, 0))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
@@ -83,7 +82,7 @@ class Progress:
             self.last_plain = now
             eta = (self.steps_per_epoch - self.done) * (now - self.start) / max(self.done, 1)
             print(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps_per_epoch} loss {self.loss:.4f} "
-                  f"lr {lr:.2e} {ips:.0f} img/s eta {_fmt_time(eta)}", flush=True)
+                  f"lr {lr:.2e} {ips:.0f} img/s eta {fmt_time(eta)}", flush=True)
 
     def end_epoch(self, row: dict) -> None:
         if not self.enabled:
@@ -118,61 +117,11 @@ def print_final(summary: dict, classes: list[str]) -> None:
             ("final test acc", f"{100 * summary['final_test_acc']:.2f}%"),
             ("params", f"{summary['params']:,}"),
             ("processes", str(summary["world_size"])),
-            ("training time", _fmt_time(summary["total_seconds"]))]
+            ("training time", fmt_time(summary["total_seconds"]))]
     rows += [(f"  {name}", f"{100 * summary['per_class_acc'][name]:.2f}%") for name in classes[:20]]
     for row in rows:
         table.add_row(*row)
     Console(width=None if sys.stdout.isatty() else 100).print(table)
-
-
-# ---------------------------------------------------------------------------------------------- files
-
-
-def write_yaml(data: dict, path) -> None:
-    import yaml
-
-    atomic_write(path, lambda f: yaml.safe_dump(data, f, sort_keys=False), mode="w")
-
-
-def write_json(data: dict, path) -> None:
-    atomic_write(path, lambda f: f.write(json.dumps(data, indent=2) + "\n"), mode="w")
-
-
-def write_metrics(rows: list[dict], path) -> None:
-    """metrics.jsonl: one JSON line per epoch, the whole file rewritten atomically."""
-    atomic_write(path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in rows)), mode="w")
-
-
-def read_metrics(path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_curves(rows: list[dict], path, title: str = "") -> None:
-    """Test accuracy and train loss per epoch, as the seed report's figures."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    evaluated = [r for r in rows if r["test_acc"] is not None]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_acc.plot([r["epoch"] for r in evaluated], [100 * r["test_acc"] for r in evaluated], marker=".")
-    ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    ax_acc.grid(alpha=0.3)
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    ax_loss.plot([r["epoch"] for r in evaluated], [r["test_loss"] for r in evaluated], label="test")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_loss.grid(alpha=0.3)
-    ax_loss.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
-    plt.close(fig)
 
 
 # ---------------------------------------------------------------------------------------------- Weights & Biases

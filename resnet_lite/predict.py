@@ -10,34 +10,25 @@ with an image extension. A file that cannot be read is reported on stderr and th
 Exit status: 0 when at least one image was predicted; 2 (with a one-line error) when none could be.
 """
 import json
-import os
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from .ema import TTA, TTA_LEVELS
 from .errors import ArgumentParser, UserError, cli
+from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
+from .tta import TTA, TTA_LEVELS
 
 __all__ = ["find_images", "read_image", "predict", "main"]
 
 
-def _image_extensions() -> set[str]:
-    Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
-
-
 def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files, [(path, problem)]): files as given, directories walked in sorted order for image extensions."""
-    files, problems, extensions = [], [], _image_extensions()
+    """(image files, [(path, problem)]): files as given, directories walked as resnet_lite.images.list_images does."""
+    files, problems, extensions = [], [], image_extensions()
     for path in map(Path, paths):
         if path.is_dir():
-            found = [Path(parent) / name for parent, _, names in sorted(os.walk(path, followlinks=True))
-                     for name in sorted(names)
-                     if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions]
+            found = [Path(p) for p in list_images(path, extensions)]
             if not found:
                 problems.append((str(path), "is a directory with no image files"))
             files += found
@@ -49,19 +40,15 @@ def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def read_image(path, size: int) -> torch.Tensor:
-    """uint8 3 x size x size: RGB, resized with PIL's bilinear filter. Raises OSError/ValueError when unreadable."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
+    """uint8 3 x size x size, decoded as for training (resnet_lite.images.decode). Raises one of IMAGE_ERRORS."""
+    return torch.from_numpy(decode(path, size).copy()).permute(2, 0, 1)
 
 
 @torch.no_grad()
 def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
             tta: int | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories.
-    tta: 0 none, 1 flip, 2 flip + translate (resnet_lite.ema.TTA); None: the run's own level (else 0)."""
+    tta: 0 none, 1 flip, 2 flip + translate (resnet_lite.tta.TTA); None: the run's own level (else 0)."""
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     except RuntimeError:
@@ -79,7 +66,7 @@ def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
             try:
                 images.append(read_image(path, run.image_size))
                 names.append(str(path))
-            except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            except IMAGE_ERRORS as e:
                 problems.append((str(path), f"cannot be read as an image ({e})"))
         if not images:
             continue

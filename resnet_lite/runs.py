@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from .augment import build_normalize
-from .checkpoint import atomic_write, load_weights
+from .checkpoint import load_weights
 from .config import TrainConfig, from_dict, read_yaml
 from .errors import UserError
 from .models import create_model
 
-__all__ = ["Run", "load_run", "write_text", "WEIGHTS", "RUN_OR_WEIGHTS"]
+__all__ = ["Run", "load_run", "WEIGHTS", "RUN_OR_WEIGHTS"]
 
 WEIGHTS = {"last": "model_last.safetensors", "best": "model_best.safetensors"}
 RUN_OR_WEIGHTS = "a run directory, a .safetensors weights file or a folder written by `export --format safetensors`"
@@ -115,8 +115,3 @@ def load_run(path, which: str = "last") -> Run:
     else:
         run_dir = None
     return Run(model, meta, weights, run_dir, config, summary, build_normalize(meta["mean"], meta["std"]))
-
-
-def write_text(path, text: str) -> Path:
-    """Write a whole text file atomically (readers never see half of it)."""
-    return atomic_write(path, lambda f: f.write(text), mode="w")

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["EXIT_PREEMPTED", "EXIT_NONFINITE", "STOP_SIGNALS", "StopFlag", "Stop", "StopCheck", "Preempted",
-           "NonFiniteLoss", "stop_signals", "crash_point"]
+           "NonFiniteLoss", "stop_signals"]
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): "try again later", i.e. resume with --resume; launch/ requeues on it
 EXIT_NONFINITE = 3
@@ -140,11 +140,3 @@ class StopCheck:
     def close(self) -> None:
         """Wait for the numbers still in flight (every process posted them), before other collectives or exit."""
         self._read()
-
-
-def crash_point(where: str, step: int) -> None:
-    """Test hook: with RESNET_LITE_TEST_CRASH=WHERE:STEP the process kills itself with SIGKILL (as the OOM killer or a
-    lost node would) at that point: 'step' right after optimizer step STEP; 'save' inside the write of checkpoint
-    step-STEP, its bytes in the temporary file but not yet renamed; 'saved' once that checkpoint is complete."""
-    if os.environ.get("RESNET_LITE_TEST_CRASH") == f"{where}:{step}":
-        os.kill(os.getpid(), signal.SIGKILL)

@@ -30,9 +30,8 @@ import torch
 from .config import list_presets, read_yaml, resolve_config
 from .data import SPECS
 from .errors import ArgumentParser, UserError, cli
-from .loggers import read_metrics
+from .files import read_metrics, write_text
 from .models import SEED_TABLE
-from .runs import write_text
 from .signals import EXIT_PREEMPTED
 
 __all__ = ["run_sweep", "collect", "write_results", "main"]
@@ -121,7 +120,7 @@ def plot_results(rows: list[dict], path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .checkpoint import atomic_write
+    from .files import atomic_write
 
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, row in enumerate(rows):

@@ -18,7 +18,8 @@ from resnet_lite.augment import build_normalize
 from resnet_lite.checkpoint import list_checkpoints, load_weights
 from resnet_lite.config import resolve_config
 from resnet_lite.data import DataConfig, load_data
-from resnet_lite.ema import TTA, EMAConfig, build_ema, ema_decay, update_ema
+from resnet_lite.ema import EMAConfig, build_ema, ema_decay, update_ema
+from resnet_lite.tta import TTA
 from resnet_lite.train import main, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))

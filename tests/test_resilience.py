@@ -1,7 +1,7 @@
 """Runs that survive crashes and preemption and resume exactly; bad input of every kind meets a one-line error.
 
 Crashes are real: a subprocess kills itself with SIGKILL at a chosen point (RESNET_LITE_TEST_CRASH, see
-resnet_lite.signals.crash_point), signals are sent to real processes (one, or a torchrun worker over gloo), and every
+resnet_lite.hooks), signals are sent to real processes (one, or a torchrun worker over gloo), and every
 resumed run must end with weights bitwise equal to one uninterrupted run and a metrics.jsonl that reads as one run.
 Runs are tiny (256 8x8 synthetic images, 4 steps per epoch, 3 epochs) so the file stays fast on two CPU cores.
 """

@@ -23,7 +23,8 @@ from resnet_lite.data import DataConfig, load_data
 from resnet_lite.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
 from resnet_lite import loggers
 from resnet_lite.loggers import wandb_mode
-from resnet_lite.train import resolve_mixed_precision, main, train
+from resnet_lite.engine import resolve_mixed_precision
+from resnet_lite.train import main, train
 
 BIN = Path(sys.executable).parent
 TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",

@@ -1,0 +1,181 @@
+"""The two loops every run is made of, after timm's train_one_epoch / validate: an epoch of optimizer steps, and an
+evaluation pass over a split. The Trainer (resnet_lite.trainer) drives them; evaluate and the benchmarks reuse them.
+
+    with accelerator_session(mixed_precision="bf16") as accelerator:
+        ...
+        epoch = train_one_epoch(loop, state, epoch_index, loader, progress, check, save=..., stop=...)
+        metrics = evaluate_loader(model, test_loader, normalize, num_classes, accelerator)
+"""
+import contextlib
+import hashlib
+import itertools
+import os
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+
+from .data import DeviceLoader
+from .ema import EMAConfig, update_ema
+from .state import TrainState
+
+__all__ = ["resolve_mixed_precision", "accelerator_session", "step_seed", "average_bn_stats", "Loop", "EpochResult",
+           "train_one_epoch", "evaluate_loader"]
+
+
+def resolve_mixed_precision(setting: str) -> str:
+    """'auto': fp16/bf16 when the launcher asks for one (accelerate launch --mixed_precision, or its config file),
+    else bf16 on a CUDA GPU that has it, else no. (`accelerate launch` without a config says "no" by default.)"""
+    if setting != "auto":
+        return setting
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION", "").lower()
+    if launcher in ("fp16", "bf16"):
+        return launcher
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return "bf16" if not use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+@contextlib.contextmanager
+def accelerator_session(**kwargs):
+    """An Accelerator for one run or evaluation; afterwards Accelerate's process-wide state is reset, so a later
+    session in this process (a sweep, a benchmark's next seed) can use another precision."""
+    accelerator = Accelerator(**kwargs)
+    try:
+        yield accelerator
+    finally:
+        accelerator.end_training()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """Augmentation seed of one rank's batch: runs and resumes repeat it without saving generator states."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}/{rank}/{step}".encode(), digest_size=8).digest(), "little") >> 1
+
+
+def average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Average BatchNorm running statistics over processes (timm's distribute_bn 'reduce'), so every process
+    evaluates, and saves, the same model."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            m.running_mean.copy_(accelerator.reduce(m.running_mean, "mean"))
+            m.running_var.copy_(accelerator.reduce(m.running_var, "mean"))
+
+
+@torch.no_grad()
+def evaluate_loader(model, loader: DeviceLoader, normalize, num_classes: int, accelerator: Accelerator,
+                    channels_last: bool = False) -> dict:
+    """Loss (plain cross-entropy), accuracy and the confusion matrix of `model` on `loader`'s split, every image
+    counted once over all ranks. Nothing in the loop waits for the device; one reduction at the end.
+
+    `model` must not run collectives in forward (the plain model, not DDP): ranks can hold one batch more or less."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=accelerator.device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=accelerator.device)
+    for images, labels in loader:
+        x = normalize(images)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with accelerator.autocast():
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        cells = labels * num_classes + logits.argmax(1)
+        confusion.scatter_add_(0, cells, torch.ones_like(cells))  # bincount would wait for the device to size itself
+    model.train(was_training)
+    loss_sum, confusion = accelerator.reduce(loss_sum), accelerator.reduce(confusion).view(num_classes, num_classes)
+    count = int(confusion.sum())
+    return {"loss": loss_sum.item() / count, "acc": confusion.diag().sum().item() / count, "samples": count,
+            "per_class": (confusion.diag().double() / confusion.sum(1).clamp_min(1)).tolist(), "confusion": confusion.cpu()}
+
+
+@dataclass
+class Loop:
+    """What every optimizer step of a run uses; built once by the Trainer."""
+    accelerator: Accelerator
+    model: torch.nn.Module  # the plain network: its weights are checked for inf/nan and averaged into the EMA
+    wrapped: torch.nn.Module  # what the steps call: `model` behind DDP and/or torch.compile
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    criterion: Callable  # summed loss over a micro-batch
+    augment: Callable  # (uint8 images, generator) -> float input
+    generator: torch.Generator
+    seed: int
+    grad_accum: int = 1
+    channels_last: bool = False
+    checkpoint_every_steps: int = 0
+    ema: object | None = None  # timm ModelEmaV3, or None
+    ema_cfg: EMAConfig | None = None
+    after_step: Callable | None = None  # a test hook (resnet_lite.hooks.step_hook), None in real runs
+
+
+@dataclass
+class EpochResult:
+    train_loss: float  # mean train loss of the epoch over all processes
+    loss_sum: torch.Tensor  # this process's summed train loss over the epoch, on the device
+    images: int  # this process's images in the epoch (those before a resume included)
+    lr: float  # the learning rate of the epoch's last step
+    images_per_second: float  # all processes' images trained in this call, per second of this call
+
+
+def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoader, progress, check,
+                    save: Callable, stop: Callable) -> EpochResult:
+    """Epoch `epoch` (0-based) from batch `state.batch` on: per batch reseed, augment, micro-batches, optimizer and
+    scheduler step, EMA, the stop check; `save(batch, loss_sum, images) -> path` writes a checkpoint every
+    loop.checkpoint_every_steps steps and when stopped; `stop(stop, saved)` ends the run (raises). Advances
+    state.step. A signal in the epoch's last step is answered by the caller, after its evaluation."""
+    accelerator = loop.accelerator
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    loader.set_epoch(epoch)
+    skip = state.batch
+    loss_sum = torch.full((), state.train_loss_sum if skip else 0.0, device=device)
+    seen = state.train_images if skip else 0  # this rank's images in this epoch
+    progress.start_epoch(epoch + 1, skip)
+    t_start, trained, lr = time.perf_counter(), 0, loop.optimizer.param_groups[0]["lr"]
+    steps = len(loader)
+    loop.wrapped.train()
+    for batch, (images, labels) in enumerate(itertools.islice(loader, skip, None), start=skip):
+        loop.generator.manual_seed(step_seed(loop.seed, rank, state.step))
+        x = loop.augment(images, loop.generator)
+        if loop.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        n = len(labels)
+        chunks = min(loop.grad_accum, n)
+        for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), labels.tensor_split(chunks))):
+            # gradients are all-reduced once per optimizer step, on the last micro-batch
+            with nullcontext() if i == chunks - 1 else accelerator.no_sync(loop.wrapped):
+                with accelerator.autocast():
+                    logits = loop.wrapped(xc)
+                loss = loop.criterion(logits.float(), yc) / n  # sums to the mean over this rank's batch
+                accelerator.backward(loss)
+            loss_sum += loss.detach() * n
+        lr = loop.optimizer.param_groups[0]["lr"]
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        update_ema(loop.ema, loop.model, loop.ema_cfg, state.step)
+        seen += n
+        trained += n * world
+        progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
+        if loop.after_step:
+            loop.after_step(state.step)
+        last = batch + 1 == steps
+        due = bool(loop.checkpoint_every_steps) and state.step % loop.checkpoint_every_steps == 0 and not last
+        # the same answer on every process; a signal in an epoch's last step is answered after its evaluation
+        asked = check(state.step, lr, loss_sum, loop.model, wait=due or last)
+        if asked and asked.diverged:
+            stop(asked, None)
+        if due or (asked and not last):
+            saved = save(batch + 1, loss_sum, seen)
+            if asked:
+                stop(asked, saved)
+    totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=device)]))
+    train_loss = (totals[0] / totals[1]).item()  # waits for the epoch's last step: the time below is the device's
+    seconds = time.perf_counter() - t_start
+    return EpochResult(train_loss, loss_sum, seen, lr, trained / max(seconds, 1e-9))

@@ -1,0 +1,387 @@
+"""The Trainer: one run, built in named steps, then fit() (the epochs), saves, stops and the final files.
+
+    with stop_signals() as flag, accelerator_session(...) as accelerator:
+        summary = Trainer(cfg, accelerator, resume="runs/x/checkpoints/step-00000120.pt", stop_flag=flag).fit()
+
+Building: check the inputs (cheap errors first) -> data -> model (and restore its weights) -> the loop's parts
+(optimizer, schedule, augmentation) -> restore the rest of a checkpoint -> loggers. The network has one name per role:
+`model` the plain network being trained, `wrapped` what the training steps call (model behind DDP and/or
+torch.compile), `evaluated` the module whose weights are evaluated and saved (the EMA's when enabled, else model),
+`evaluator` the callable an evaluation runs (evaluated, compiled, behind test-time augmentation).
+"""
+import dataclasses
+import itertools
+import os
+import platform
+import secrets
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+
+from . import __version__, hooks
+from .augment import build_augment, build_normalize
+from .checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, save_checkpoint, save_weights
+from .config import TrainConfig, to_dict
+from .data import DeviceLoader, load_data
+from .ema import build_ema
+from .engine import EpochResult, Loop, average_bn_stats, evaluate_loader, train_one_epoch
+from .errors import UserError
+from .files import read_metrics, write_json, write_metrics, write_yaml
+from .loggers import Progress, log_wandb_final, print_final, wandb_mode
+from .models import count_params, create_model
+from .optim import build_optimizer, build_scheduler
+from .plots import plot_curves
+from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
+from .state import TrainState, rank_extras, restore_rank_extras, rng_state, set_rng_state
+from .tta import TTA
+
+__all__ = ["Trainer"]
+
+CURVES_EVERY = 300.0  # seconds between redraws of curves.png during a run (always drawn at the end)
+WANDB_SAMPLES = 32  # test images in the W&B table of sample predictions
+
+
+class Trainer:
+    """Train as `cfg` says on `accelerator`, continuing from the checkpoint file `resume` when given.
+
+    fit() returns the summary; it raises Preempted after a stop signal (a checkpoint was saved: resume it) and
+    NonFiniteLoss (nothing was saved after the last good checkpoint); both end every process at the same step."""
+
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, resume=None, stop_flag: StopFlag | None = None):
+        self.accelerator, self.resume = accelerator, resume
+        self.stop_flag = stop_flag or StopFlag()
+        self.rank, self.world, self.device = accelerator.process_index, accelerator.num_processes, accelerator.device
+        self.is_main = accelerator.is_main_process
+        self.wandb_mode, self.wandb_hint = wandb_mode(cfg.wandb)
+        checkpoint = load_checkpoint(resume) if resume else None
+        self.run_dir = self._run_dir(cfg)
+        self.cfg = cfg = dataclasses.replace(cfg, output_dir=str(self.run_dir))
+        self._check_inputs(checkpoint)
+        set_seed(cfg.seed)
+        self._load_data()
+        self._build_model(checkpoint)
+        self._build_loop()
+        self.state, self.rows = TrainState(), []
+        if checkpoint:
+            self._restore(checkpoint)
+        self._start_logging()
+
+    # ------------------------------------------------------------------------------------------ building
+
+    def _run_dir(self, cfg: TrainConfig) -> Path:
+        if cfg.output_dir:
+            return Path(cfg.output_dir)
+        name = [None]
+        if self.is_main:  # one clock decides, or ranks straddling a second would disagree
+            base = f"runs/{cfg.name or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+            name[0] = next(p for i in itertools.count() if not Path(p := base if i == 0 else f"{base}-{i}").exists())
+        if self.world > 1:
+            broadcast_object_list(name)
+        return Path(name[0])
+
+    def _check_inputs(self, checkpoint: dict | None) -> None:
+        """The mistakes that need no data: a launcher Accelerate cannot see, settings this machine cannot run, an
+        unknown model, a checkpoint of another run, a run directory that cannot be written."""
+        cfg, resume = self.cfg, self.resume
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and self.world == 1:  # every process would train the whole set alone into one run directory
+            raise UserError(f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees one; launch "
+                            f"with `accelerate launch --multi_gpu` (GPUs) or `--config_file launch/cpu.yaml` (CPU), or "
+                            f"torchrun")
+        if cfg.sync_bn and self.world > 1 and self.device.type == "cpu":
+            raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
+        with torch.device("meta"):  # an unknown model fails now, not after a download
+            create_model(cfg.model)
+        if checkpoint and checkpoint["config"]["model"] != cfg.model:
+            raise UserError(f"checkpoint {resume} is of {checkpoint['config']['model']}, not {cfg.model}; resume with "
+                            f"the run's own model, or start a new run in another --output-dir")
+        if checkpoint and checkpoint["batch"] and checkpoint["config"]["batch_size"] != cfg.batch_size:
+            raise UserError(f"checkpoint {resume} stopped mid-epoch at batch_size={checkpoint['config']['batch_size']}; "
+                            f"resume with that batch size (an epoch boundary checkpoint may change it)")
+        _check_writable(self.run_dir)
+
+    def _load_data(self) -> None:
+        cfg, rank, world, device = self.cfg, self.rank, self.world, self.device
+        with self.accelerator.main_process_first():  # one download, the others then read it
+            self.ds = ds = load_data(cfg.data)
+        self.num_classes, self.image_size = len(ds.classes), ds.train.images.shape[-1]
+        self.train_loader = DeviceLoader(ds.train, cfg.batch_size, device=device, train=True, rank=rank,
+                                         world_size=world, seed=cfg.seed, drop_last=cfg.drop_last)
+        self.test_loader = DeviceLoader(ds.test, cfg.eval_batch_size, device=device, train=False, rank=rank,
+                                        world_size=world)
+        self.val_loader = None if ds.val is None else DeviceLoader(ds.val, cfg.eval_batch_size, device=device,
+                                                                   train=False, rank=rank, world_size=world)
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise UserError(f"{len(ds.train)} training images make no batch of {cfg.batch_size}; lower --batch-size")
+
+    def _build_model(self, checkpoint: dict | None) -> None:
+        cfg, resume = self.cfg, self.resume
+        model = create_model(cfg.model, num_classes=self.num_classes, in_chans=3, drop_rate=cfg.drop_rate)
+        self.params = count_params(model)
+        if checkpoint and checkpoint.get("classes", self.ds.classes) != self.ds.classes:
+            raise UserError(f"checkpoint {resume} was trained on {len(checkpoint['classes'])} classes, the data "
+                            f"{cfg.data.spec} has {self.num_classes} ({', '.join(self.ds.classes[:5])}...); resume "
+                            f"with the run's own data, or start a new run in another --output-dir")
+        if checkpoint:
+            try:
+                model.load_state_dict(checkpoint["model"])
+            except RuntimeError as e:
+                raise UserError(f"checkpoint {resume} does not fit {cfg.model} with {self.num_classes} classes "
+                                f"({str(e).splitlines()[0]}); resume with the run's own model and data") from None
+        if cfg.sync_bn and self.world > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+        self.ema = build_ema(cfg.ema, self.model)
+        if self.ema is not None and checkpoint and checkpoint.get("ema") is not None:
+            self.ema.module.load_state_dict(checkpoint["ema"])
+        self.evaluated = self.ema.module if self.ema is not None else self.model
+        try:  # only now: a mistake in the data or model settings leaves no empty run directory behind
+            (self.run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create the run directory {self.run_dir} ({e.strerror}); choose another "
+                            f"--output-dir") from None
+
+    def _build_loop(self) -> None:
+        cfg, accelerator = self.cfg, self.accelerator
+        optimizer = build_optimizer(self.model, cfg.optim)
+        scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
+        prepared, optimizer = accelerator.prepare(self.model, optimizer)  # not the loaders: they shard themselves
+        # prepare() wraps model.forward in a new autocast object per run, and torch.compile guards on that object's
+        # identity, so every later run in a process recompiled (a sweep, benchmarks/time_to_accuracy.py); the loops
+        # enter autocast themselves
+        self.model.__dict__.pop("forward", None)
+        self.evaluator = TTA(torch.compile(self.evaluated) if cfg.compile else self.evaluated, cfg.tta)  # no collective
+        self.normalize = build_normalize(self.ds.mean, self.ds.std)
+        self.loop = Loop(
+            accelerator, self.model, torch.compile(prepared) if cfg.compile else prepared, optimizer, scheduler,
+            criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
+            augment=build_augment(cfg.augment, self.ds.mean, self.ds.std),
+            generator=torch.Generator(device=self.device), seed=cfg.seed, grad_accum=cfg.grad_accum,
+            channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps, ema=self.ema,
+            ema_cfg=cfg.ema, after_step=hooks.step_hook())
+        self.wrapped = self.loop.wrapped
+
+    def _restore(self, checkpoint: dict) -> None:
+        """Everything but the weights (already in the model and EMA): optimizer, schedule, scaler, TrainState, this
+        process's generators, BatchNorm buffers and partial-epoch loss, and the metrics rows up to the checkpoint."""
+        loop = self.loop
+        loop.optimizer.load_state_dict(checkpoint["optimizer"])
+        loop.scheduler.load_state_dict(checkpoint["scheduler"])
+        if self.accelerator.scaler is not None and checkpoint["scaler"] is not None:
+            self.accelerator.scaler.load_state_dict(checkpoint["scaler"])
+        self.state.load_state_dict(checkpoint)
+        ranks = checkpoint.get("ranks") or ()
+        if len(ranks) == self.world:  # each process its own; resumed on another process count: the main process's
+            loss, images = restore_rank_extras(ranks[self.rank], self._per_rank_modules())
+            self.state.train_loss_sum, self.state.train_images = loss, images
+        else:
+            set_rng_state(checkpoint["rng"])
+        self.rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.state.epoch]
+
+    def _per_rank_modules(self) -> list:
+        return [self.model, self.ema.module if self.ema is not None else None]
+
+    def _start_logging(self) -> None:
+        cfg, state = self.cfg, self.state
+        self.progress = Progress(self.is_main, cfg.epochs, self.steps_per_epoch)
+        self.meta = {"model": cfg.model, "num_classes": self.num_classes, "in_chans": 3, "image_size": self.image_size,
+                     "classes": self.ds.classes, "mean": list(self.ds.mean), "std": list(self.ds.std),
+                     "ema": cfg.ema.enabled}
+        if self.is_main:
+            write_yaml(to_dict(cfg), self.run_dir / "config.yaml")
+            write_metrics(self.rows, self.run_dir / "metrics.jsonl")
+            where = f"resuming {self.resume} at epoch {state.epoch + 1} step {state.step}" if self.resume else "starting"
+            self.progress.print(
+                f"{cfg.model} ({self.params:,} params) on {self.world} x {_device_name(self.device)}, mixed precision "
+                f"{self.accelerator.mixed_precision}; {self.ds.name}: {len(self.ds.train)} train / {len(self.ds.test)} "
+                f"test images; global batch {cfg.batch_size}, {self.steps_per_epoch} steps per epoch; {where}; run "
+                f"directory {self.run_dir}")
+            if self.wandb_hint:
+                self.progress.print(self.wandb_hint)
+        if self.wandb_mode != "disabled":
+            state.wandb_id = state.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resume continues it
+            self.accelerator.init_trackers(cfg.wandb_project, config=to_dict(cfg), init_kwargs={"wandb": {
+                "dir": str(self.run_dir), "mode": self.wandb_mode, "name": self.run_dir.name, "id": state.wandb_id,
+                "resume": "allow"}})
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def fit(self) -> dict:
+        """Train the remaining epochs, evaluating, selecting the best and saving after each; returns the summary."""
+        cfg, state = self.cfg, self.state
+        self.check = StopCheck(self.stop_flag, self.device, self.world)
+        self.result, self.first_indices = None, None
+        self.t_start, last_curves = time.perf_counter(), time.perf_counter()
+        for epoch in range(state.epoch, cfg.epochs):
+            t_epoch = time.perf_counter()
+            done = train_one_epoch(self.loop, state, epoch, self.train_loader, self.progress, self.check,
+                                   save=lambda batch, loss_sum, images: self.save(epoch, batch, loss_sum, images),
+                                   stop=lambda stop, saved: self.stop(stop, saved, epoch))
+            if self.first_indices is None:
+                self.first_indices = self.train_loader.local_indices()
+            row, selected = self._end_epoch(epoch, done, t_epoch)
+            if self.is_main:
+                write_metrics(self.rows, self.run_dir / "metrics.jsonl")
+                if selected:
+                    save_weights(self.evaluated.state_dict(), self.run_dir / "model_best.safetensors",
+                                 dict(self.meta, epoch=epoch + 1))
+                if time.perf_counter() - last_curves > CURVES_EVERY:
+                    plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name)
+                    last_curves = time.perf_counter()
+            state.epoch, state.batch, state.train_loss_sum, state.train_images = epoch + 1, 0, 0.0, 0
+            saved = self.save(epoch + 1, 0, 0.0, 0)
+            self.accelerator.log({k: v for k, v in row.items() if v is not None}, step=state.step)
+            self.progress.end_epoch(row)
+            if epoch + 1 < cfg.epochs and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
+                self.stop(stop, saved, epoch)  # a signal during the evaluation
+        self.check.close()
+        self.progress.close()
+        state.elapsed += time.perf_counter() - self.t_start
+        return self._finish()
+
+    def _evaluate(self, loader: DeviceLoader) -> dict:
+        return evaluate_loader(self.evaluator, loader, self.normalize, self.num_classes, self.accelerator,
+                               self.cfg.channels_last)
+
+    def _end_epoch(self, epoch: int, done: EpochResult, t_epoch: float) -> tuple[dict, bool]:
+        """Evaluate when due, add the metrics row, update the best; returns (row, whether this epoch is selected)."""
+        cfg, state = self.cfg, self.state
+        evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+        val = None
+        if evaluated:
+            if self.world > 1 and not cfg.sync_bn:
+                average_bn_stats(self.evaluated, self.accelerator)
+            self.result = self._evaluate(self.test_loader)
+            val = self._evaluate(self.val_loader) if self.val_loader is not None else None
+        row = {"epoch": epoch + 1, "step": state.step, "train_loss": done.train_loss,
+               "test_loss": self.result["loss"] if evaluated else None,
+               "test_acc": self.result["acc"] if evaluated else None, "lr": done.lr,
+               "epoch_seconds": time.perf_counter() - t_epoch, "images_per_second": done.images_per_second}
+        if self.val_loader is not None:
+            row.update(val_loss=val["loss"] if val else None, val_acc=val["acc"] if val else None)
+        self.rows.append(row)
+        improved = evaluated and row["test_acc"] > state.best["acc"]  # the same on every rank: the metrics are reduced
+        if improved:
+            state.best = {"acc": row["test_acc"], "epoch": epoch + 1}
+        if self.val_loader is None:
+            selected = improved
+        else:  # model selection on the held-out split
+            selected = val is not None and val["acc"] > state.best_val["acc"]
+            if selected:
+                state.best_val = {"acc": val["acc"], "epoch": epoch + 1, "test_acc": row["test_acc"]}
+        if selected:
+            state.best_step = state.step  # this epoch's checkpoint is kept as the best
+        return row, selected
+
+    def save(self, epoch: int, batch: int, loss_sum, images: int) -> Path | None:
+        """A checkpoint after `batch` steps of epoch `epoch` (0: its start); every process takes part, the main
+        process writes it and returns its path."""
+        extras = rank_extras(loss_sum, images, self._per_rank_modules())
+        ranks = gather_object([extras]) if self.world > 1 else [extras]
+        if not self.is_main:
+            return None
+        loop, state = self.loop, self.state
+        position = dataclasses.replace(state, epoch=epoch, batch=batch, train_loss_sum=float(loss_sum),
+                                       train_images=images,
+                                       elapsed=state.elapsed + time.perf_counter() - self.t_start)
+        scaler = self.accelerator.scaler
+        return save_checkpoint({
+            "model": self.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "scheduler": loop.scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
+            "ema": self.ema.module.state_dict() if self.ema is not None else None, "config": to_dict(self.cfg),
+            "classes": list(self.ds.classes), "world_size": self.world, "rng": rng_state(), "ranks": ranks,
+            **position.state_dict(),
+        }, self.run_dir / CHECKPOINT_DIR, self.cfg.keep_checkpoints, state.best_step)
+
+    def stop(self, stop, saved: Path | None, epoch: int) -> None:
+        """End the run on every process (raises what main() turns into the exit code), once `saved` is written."""
+        self.check.close()
+        self.progress.close()
+        if stop.diverged:
+            good = list_checkpoints(self.run_dir / CHECKPOINT_DIR)
+            raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
+                                f"without saving it: {f'the last good checkpoint is {good[-1]}' if good else 'no checkpoint yet'}"
+                                f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
+        indices = self.first_indices if self.first_indices is not None else self.train_loader.local_indices()
+        self._rank_report(indices, stopped=stop.signal_name)
+        self.accelerator.wait_for_everyone()  # no process exits (a launcher then kills the rest) before the file is whole
+        other = "" if self.stop_flag.signum else " on another process"
+        raise Preempted(f"stopped by {stop.signal_name}{other} after step {self.state.step} (epoch {epoch + 1}); saved "
+                        f"{saved}; continue with: python -m resnet_lite.train --output-dir {self.run_dir} --resume")
+
+    def _rank_report(self, train_indices, **extra) -> None:
+        hooks.rank_report(self.rank, self.world, self.state.step, self.model, train_indices, self.test_loader, **extra)
+
+    # ------------------------------------------------------------------------------------------ the end
+
+    def _finish(self) -> dict:
+        """summary.json, model_last.safetensors, curves.png and the final W&B and console output."""
+        cfg, state, ds = self.cfg, self.state, self.ds
+        if self.result is None:  # nothing left to train (a finished run resumed): evaluate for the summary
+            self.result = self._evaluate(self.test_loader)
+        result = self.result
+        summary = {
+            "model": cfg.model, "run_dir": str(self.run_dir), "dataset": ds.name, "epochs": cfg.epochs,
+            "steps": state.step, "best_test_acc": state.best["acc"], "best_epoch": state.best["epoch"],
+            "final_test_acc": result["acc"], "final_test_loss": result["loss"],
+            "per_class_acc": dict(zip(ds.classes, result["per_class"])), "params": self.params,
+            "world_size": self.world, "eval_samples": result["samples"], "total_seconds": state.elapsed,
+            "mixed_precision": self.accelerator.mixed_precision, "devices": gather_object([_device_name(self.device)]),
+            "versions": _versions(), "ema": cfg.ema.enabled, "tta": cfg.tta,
+        }
+        if self.val_loader is not None:  # model_best.safetensors is the best epoch on the held-out split
+            last_val = next((r["val_acc"] for r in reversed(self.rows) if r.get("val_acc") is not None), None)
+            summary.update(final_val_acc=last_val, best_val_acc=state.best_val["acc"],
+                           best_val_epoch=state.best_val["epoch"], test_acc_at_best_val=state.best_val["test_acc"])
+        self._rank_report(self.first_indices)
+        if self.is_main:
+            save_weights(self.evaluated.state_dict(), self.run_dir / "model_last.safetensors",
+                         dict(self.meta, epoch=len(self.rows)))
+            write_json(summary, self.run_dir / "summary.json")
+            plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name)
+            if self.wandb_mode != "disabled":
+                self._log_wandb_final(result)
+            print_final(summary, ds.classes)
+        return summary
+
+    def _log_wandb_final(self, result: dict) -> None:
+        images, labels = self.ds.test.images[:WANDB_SAMPLES], self.ds.test.labels[:WANDB_SAMPLES]
+        with torch.no_grad(), self.accelerator.autocast():
+            self.model.eval()
+            probs = self.model(self.normalize(images.to(self.device))).float().softmax(1).cpu()
+        samples = [(image, label, int(p.argmax()), float(p.max())) for image, label, p in zip(images, labels.tolist(), probs)]
+        log_wandb_final(self.accelerator.get_tracker("wandb", unwrap=True), self.run_dir / "curves.png",
+                        result["confusion"], self.ds.classes, samples)
+
+
+def _check_writable(run_dir: Path) -> None:
+    """A one-line error now, before the data is loaded, for a run directory that cannot be created or written."""
+    parent = run_dir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"cannot create the run directory {run_dir}: {parent} is a file; choose another --output-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {parent} (permission denied); choose another --output-dir")
+
+
+def _versions() -> dict:
+    import accelerate
+    import timm
+
+    return {"resnet_lite": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "accelerate": accelerate.__version__, "python": platform.python_version()}
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:  # Linux: the CPU's marketing name
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine() or device.type
