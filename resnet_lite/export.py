@@ -155,7 +155,7 @@ def build_parser() -> ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out, diff = export(args.path, args.format, args.output, args.weights)
-    print(f"wrote {out} ({args.format}); reloaded, its outputs match PyTorch's within {diff:.2g}")
+    print(f"wrote {out} ({args.format}); reloaded, its outputs match PyTorch's within {diff:.2g}" + ("; timm loads it only after `import resnet_lite` (no plugin discovery)" if args.format == "safetensors" else ""))
     return 0
 
 

@@ -217,3 +217,157 @@ def test_pretrained_from_a_named_file(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), source(x), rtol=0, atol=0)
+
+
+# timm's own model contract, as huggingface/pytorch-image-models tests/test_models.py checks it for every model it
+# ships; each test names the timm test it mirrors. Inputs are 2x3x32x32 (the models' default input size).
+def _x(batch=2):
+    return torch.randn(batch, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_forward(name):
+    """Mirrors timm's test_model_forward: default model, eval, batch-first output without NaNs."""
+    model = timm.create_model(name, pretrained=False).eval()
+    out = model(_x(1))
+    assert out.shape == (1, model.num_classes) and not torch.isnan(out).any()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_backward(name):
+    """Mirrors timm's test_model_backward: num_classes=42, train mode, a gradient on every parameter."""
+    model = timm.create_model(name, pretrained=False, num_classes=42).train()
+    out = model(_x())
+    out.mean().backward()
+    assert out.shape == (2, 42) and not torch.isnan(out).any()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_default_cfgs(name):
+    """Mirrors timm's test_model_default_cfgs: forward_features is unpooled at pool_size, reset_classifier(0) gives
+    pooled num_features, reset_classifier(0, '') and create_model(num_classes=0, global_pool='') give the unpooled
+    map, classifier/first_conv name real weights, feature_info ends at num_features and pool_size."""
+    model = timm.create_model(name, pretrained=False).eval()
+    cfg, state_dict, x = model.pretrained_cfg, model.state_dict(), _x(1)
+    pool_size = cfg["pool_size"]
+    assert tuple(model.forward_features(x).shape[-2:]) == pool_size
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape == (1, model.head_hidden_size)
+    model.reset_classifier(0)
+    assert model(x).shape == (1, model.num_features)
+    model.reset_classifier(0, "")
+    assert model(x).shape == (1, model.num_features, *pool_size)
+    unpooled = timm.create_model(name, pretrained=False, num_classes=0, global_pool="").eval()
+    assert unpooled(x).shape == (1, unpooled.num_features, *pool_size)
+    assert cfg["classifier"] + ".weight" in state_dict and cfg["first_conv"] + ".weight" in state_dict
+    last = model.feature_info[-1]
+    assert last["num_chs"] == model.num_features
+    assert tuple(s // last["reduction"] for s in cfg["input_size"][1:]) == pool_size
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_forward_features(name):
+    """Mirrors timm's test_model_forward_features: features_only gives one map per feature_info level, with its
+    channels and reduction; out_indices picks levels."""
+    model = timm.create_model(name, pretrained=False, features_only=True).eval()
+    channels, reductions = model.feature_info.channels(), model.feature_info.reduction()
+    assert len(channels) == len(SEED_ARCH[name][0]) + 1 >= 4  # the stem and every stage
+    outs = model(_x())
+    assert [o.shape[1] for o in outs] == channels
+    assert [32 // o.shape[-1] for o in outs] == reductions
+    assert not any(torch.isnan(o).any() for o in outs)
+    picked = timm.create_model(name, pretrained=False, features_only=True, out_indices=(1, -1)).eval()
+    assert [o.shape[1] for o in picked(_x())] == [channels[1], channels[-1]]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_forward_fx(name):
+    """Mirrors timm's test_model_forward_fx: a torch.fx trace through timm's helpers (get_graph_node_names,
+    create_feature_extractor at the last node) runs and equals the eager model; so does feature_cls='fx'."""
+    from timm.models import create_feature_extractor, get_graph_node_names
+
+    model = timm.create_model(name, pretrained=False).eval()
+    _, eval_nodes = get_graph_node_names(model)
+    fx_model = create_feature_extractor(model, return_nodes=[eval_nodes[-1]])
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(fx_model(x)[eval_nodes[-1]], model(x), rtol=0, atol=0)
+    graph_feats = timm.create_model(name, pretrained=False, features_only=True, feature_cls="fx").eval()
+    assert [o.shape[1] for o in graph_feats(x)] == graph_feats.feature_info.channels()
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+def test_model_forward_torchscript(name):
+    """Mirrors timm's test_model_forward_torchscript (create under set_scriptable, torch.jit.script, forward), and
+    goes further: the scripted output equals eager and the scripted state_dict has the same keys."""
+    with timm.set_scriptable(True):
+        model = timm.create_model(name, pretrained=False).eval()
+    scripted = torch.jit.script(model)
+    x = _x()
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x), rtol=0, atol=0)
+    assert sorted(scripted.state_dict()) == sorted(model.state_dict())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_model_factory_kwargs_device_dtype(name):
+    """Mirrors timm's factory-kwarg creation (its model tests build every model with device= and dtype=): the
+    model is built directly on the meta device in bfloat16, with the seed's parameter count, nothing allocated."""
+    model = timm.create_model(name, pretrained=False, device="meta", dtype=torch.bfloat16)
+    for key, t in model.state_dict().items():
+        assert t.device.type == "meta", key
+        assert t.dtype == (torch.long if key.endswith("num_batches_tracked") else torch.bfloat16), key
+    assert count_params(model) == SEED_PARAMS[name]
+    assert model.pretrained_cfg["num_classes"] == 10
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_classifier_keeps_device_and_dtype(name):
+    """Mirrors timm's reset_classifier (get_device_dtype): a new head lands where the model is, in its dtype."""
+    model = timm.create_model(name, pretrained=False, device="meta", dtype=torch.bfloat16)
+    model.reset_classifier(7)
+    assert (model.fc.weight.device.type, model.fc.weight.dtype, model.fc.out_features) == ("meta", torch.bfloat16, 7)
+    model = timm.create_model(name, pretrained=False).to(torch.float64).eval()
+    model.reset_classifier(3)
+    assert model.fc.weight.dtype == torch.float64 and not model.fc.training
+    assert model(_x().double()).shape == (2, 3)
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("coarse", [True, False], ids=["coarse", "fine"])
+def test_group_matcher(name, coarse):
+    """Mirrors timm's group_matcher use (timm.models.group_parameters, as layer-wise LR decay calls it): every
+    parameter in exactly one group, the stem first, the head last, one group per stage (coarse) or block (fine)."""
+    from timm.models import group_parameters
+
+    model = timm.create_model(name, pretrained=False)
+    groups = group_parameters(model, model.group_matcher(coarse=coarse))
+    names = [n for g in groups.values() for n in g]
+    assert sorted(names) == sorted(n for n, _ in model.named_parameters())
+    assert set(groups[0]) == {"conv1.weight", "bn1.weight", "bn1.bias"}
+    assert set(groups[max(groups)]) == {"fc.weight", "fc.bias"}
+    layers = SEED_ARCH[name][0]
+    assert len(groups) == 2 + (len(layers) if coarse else sum(layers))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_no_weight_decay(name):
+    """Mirrors timm's no_weight_decay hook as create_optimizer_v2 reads it: the names are real parameters, and
+    with weight decay the BN and bias parameters go undecayed, every conv and linear weight decayed."""
+    from timm.optim import create_optimizer_v2
+
+    model = timm.create_model(name, pretrained=False)
+    params = dict(model.named_parameters())
+    assert model.no_weight_decay() <= set(params)
+    opt = create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=5e-4)
+    by_wd = {g["weight_decay"]: {id(p) for p in g["params"]} for g in opt.param_groups}
+    assert by_wd[0.0] == {id(p) for n, p in params.items() if p.ndim <= 1 or n in model.no_weight_decay()}
+    assert by_wd[5e-4] == {id(p) for n, p in params.items() if p.ndim > 1 and n not in model.no_weight_decay()}
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_state_dict_keys_are_the_seeds(name):
+    """The TorchScript change keeps the seed notebook's keys (checkpoints, exports, convert_seed_state_dict)."""
+    assert sorted(resnet_lite.create_model(name).state_dict()) == sorted(_seed_state_dict(name).state_dict())

@@ -11,6 +11,7 @@ import difflib
 import timm
 import torch
 import torch.nn as nn
+from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..errors import UserError
@@ -35,26 +36,27 @@ SEED_TABLE = [
 ]
 
 
-def conv3x3(in_chs, out_chs, stride=1):
-    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False)
+def conv3x3(in_chs, out_chs, stride=1, **dd):
+    return nn.Conv2d(in_chs, out_chs, kernel_size=3, stride=stride, padding=1, bias=False, **dd)
 
 
-def conv1x1(in_chs, out_chs, stride=1):
-    return nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False)
+def conv1x1(in_chs, out_chs, stride=1, **dd):
+    return nn.Conv2d(in_chs, out_chs, kernel_size=1, stride=stride, bias=False, **dd)
 
 
 class LiteBlock(nn.Module):
     """The seed's ModifiedResidualBlock: conv-bn-relu-conv-bn plus a shortcut, then ReLU."""
 
-    def __init__(self, in_chs, out_chs, stride=1):
+    def __init__(self, in_chs, out_chs, stride=1, device=None, dtype=None):
         super().__init__()
-        self.conv1 = conv3x3(in_chs, out_chs, stride)
-        self.bn1 = nn.BatchNorm2d(out_chs)
+        dd = dict(device=device, dtype=dtype)
+        self.conv1 = conv3x3(in_chs, out_chs, stride, **dd)
+        self.bn1 = nn.BatchNorm2d(out_chs, **dd)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(out_chs, out_chs)
-        self.bn2 = nn.BatchNorm2d(out_chs)
+        self.conv2 = conv3x3(out_chs, out_chs, **dd)
+        self.bn2 = nn.BatchNorm2d(out_chs, **dd)
         if stride != 1 or in_chs != out_chs:
-            self.shortcut = nn.Sequential(conv1x1(in_chs, out_chs, stride), nn.BatchNorm2d(out_chs))
+            self.shortcut = nn.Sequential(conv1x1(in_chs, out_chs, stride, **dd), nn.BatchNorm2d(out_chs, **dd))
         else:
             self.shortcut = nn.Sequential()  # an empty Sequential, as the seed wrote it: no keys, identity
 
@@ -74,37 +76,37 @@ class LiteResNet(nn.Module):
         num_classes: classifier outputs (0 for no classifier).
         in_chans: input image channels.
         drop_rate: dropout before the classifier.
+        global_pool: timm's pooling type ('avg', 'max', 'avgmax', 'catavgmax'; '' for none, with num_classes=0).
         stem_width, stem_kernel: the seed's stem is a 5x5 conv to 32 channels.
+        device, dtype: where and in what precision the parameters are created (timm's factory kwargs).
     """
 
     def __init__(self, layers, widths, strides, num_classes=10, in_chans=3, drop_rate=0.0,
-                 stem_width=32, stem_kernel=5, global_pool="avg"):
+                 stem_width=32, stem_kernel=5, global_pool="avg", device=None, dtype=None):
         super().__init__()
         if not len(layers) == len(widths) == len(strides):
             raise ValueError(f"layers, widths and strides need one entry per stage, got {layers}, {widths}, {strides}")
-        if global_pool != "avg":
-            raise ValueError(f"global_pool={global_pool!r} is not supported; LiteResNet pools with 'avg'")
         if stem_kernel % 2 != 1:
             raise ValueError(f"stem_kernel must be odd to keep the spatial size, got {stem_kernel}")
+        dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        self.conv1 = nn.Conv2d(in_chans, stem_width, stem_kernel, stride=1, padding=stem_kernel // 2, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem_width)
+        self.conv1 = nn.Conv2d(in_chans, stem_width, stem_kernel, stride=1, padding=stem_kernel // 2, bias=False, **dd)
+        self.bn1 = nn.BatchNorm2d(stem_width, **dd)
         self.relu = nn.ReLU(inplace=True)
         in_chs, reduction = stem_width, 1
         self.feature_info = [dict(num_chs=stem_width, reduction=1, module="relu")]
         self.stage_names = []
         for i, (n, width, stride) in enumerate(zip(layers, widths, strides), start=1):
-            blocks = [LiteBlock(in_chs, width, stride)] + [LiteBlock(width, width) for _ in range(n - 1)]
+            blocks = [LiteBlock(in_chs, width, stride, **dd)] + [LiteBlock(width, width, **dd) for _ in range(n - 1)]
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
             in_chs, reduction = width, reduction * stride
             self.stage_names.append(f"layer{i}")
             self.feature_info.append(dict(num_chs=width, reduction=reduction, module=f"layer{i}"))
-        self.num_features = self.head_hidden_size = in_chs
-        self.gap = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_chs, num_classes) if num_classes > 0 else nn.Identity()
+        self.num_features = in_chs
+        self.gap, self.fc = self._head(num_classes, global_pool, **dd)
 
         # The seed's init: He-normal (fan_out) convs, unit BN; the Linear keeps PyTorch's default.
         for m in self.modules():
@@ -113,6 +115,15 @@ class LiteResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+    def _head(self, num_classes, global_pool, device=None, dtype=None):
+        if not global_pool and num_classes > 0:
+            raise ValueError(f"global_pool='' leaves a feature map, which needs num_classes=0, got {num_classes}")
+        # 'avg' is AdaptiveAvgPool2d(1) + flatten, exactly the seed's gap, so its outputs stay bit-identical
+        gap = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.head_hidden_size = self.num_features * gap.feat_mult()
+        fc = nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
+        return gap, fc
 
     @torch.jit.ignore
     def group_matcher(self, coarse=False):
@@ -123,27 +134,38 @@ class LiteResNet(nn.Module):
         self.grad_checkpointing = enable
 
     @torch.jit.ignore
+    def no_weight_decay(self):
+        # nothing beyond what timm's optimizer factory already exempts (BN and biases, every 1-D parameter)
+        return set()
+
+    @torch.jit.ignore
     def get_classifier(self):
         return self.fc
 
-    def reset_classifier(self, num_classes, global_pool="avg"):
-        if global_pool != "avg":
-            raise ValueError(f"global_pool={global_pool!r} is not supported; LiteResNet pools with 'avg'")
+    def reset_classifier(self, num_classes, global_pool=None):
+        """A new head for `num_classes` (0: none), on the device and in the dtype of the rest of the model;
+        `global_pool` None keeps the current pooling."""
         self.num_classes = num_classes
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        global_pool = self.gap.pool_type if global_pool is None else global_pool
+        self.gap, self.fc = self._head(num_classes, global_pool, device=self.conv1.weight.device,
+                                       dtype=self.conv1.weight.dtype)
+        self.gap.train(self.training)
+        self.fc.train(self.training)
 
     def forward_features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
-        for name in self.stage_names:
-            stage = getattr(self, name)
-            if self.grad_checkpointing and not torch.jit.is_scripting():
-                x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
-            else:
-                x = stage(x)
+        # The stages stay top-level attributes (layer1..N: the seed's state_dict keys); TorchScript can loop over
+        # named_children() but not over getattr(self, name), so the loop picks them out by name.
+        for name, stage in self.named_children():
+            if name in self.stage_names:
+                if self.grad_checkpointing and not torch.jit.is_scripting():
+                    x = torch.utils.checkpoint.checkpoint(stage, x, use_reentrant=False)
+                else:
+                    x = stage(x)
         return x
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = torch.flatten(self.gap(x), 1)
+        x = self.gap(x)
         if self.drop_rate:
             x = nn.functional.dropout(x, p=self.drop_rate, training=self.training)
         return x if pre_logits else self.fc(x)
@@ -181,7 +203,9 @@ def _create_lite_resnet(variant, pretrained=False, **kwargs):
     if pretrained and not _weights_given(kwargs):
         raise UserError(f"no pretrained weights are published for {variant}; train one with "
                         f"`python -m resnet_lite.train`, or pass checkpoint_path=... to load your own")
-    return build_model_with_cfg(LiteResNet, variant, pretrained, **kwargs)
+    # features_only: every level (stem + each stage) by default; timm's default (0..4) would drop lite_r5b2's last
+    feature_cfg = dict(out_indices=tuple(range(len(kwargs["layers"]) + 1)))
+    return build_model_with_cfg(LiteResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
 
 
 @register_model
