@@ -84,8 +84,9 @@ def export_onnx(run: Run, path, dynamo: bool | None = None) -> float:
 
 
 def export_torchscript(run: Run, path) -> float:
-    """Traced TorchScript archive (LiteResNet's stage loop is not scriptable; its forward has no data-dependent
-    branches, so tracing records all of it). Returns the max difference after torch.jit.load."""
+    """Traced TorchScript archive: tracing takes any timm model a run may train, scriptable or not, and these
+    forwards have no data-dependent branches, so it records all of them. Returns the max difference after
+    torch.jit.load."""
     path, model = Path(path), run.model.cpu().eval()
     with staged(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():

@@ -6,15 +6,13 @@ notebook (`conv1, bn1, layer1.., gap, fc`), so its `best_model.pth` loads as it 
 
     python -m resnet_lite.models      # the family at a glance
 """
-import difflib
-
 import timm
 import torch
 import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 __all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "count_macs", "count_params", "SEED_TABLE"]
 
@@ -237,9 +235,8 @@ def list_models(pattern="lite_*"):
 def create_model(name, pretrained=False, **kwargs):
     """`timm.create_model` with a one-line error for an unknown name. kwargs: num_classes, in_chans, drop_rate, ..."""
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, list_models("lite_*"), n=3, cutoff=0.3)
-        close = close or difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `python -m resnet_lite.models`"
+        hint = (did_you_mean(name, list_models("lite_*"), n=3, cutoff=0.3) or did_you_mean(name, timm.list_models(), n=3)
+                or "see `python -m resnet_lite.models`")
         raise UserError(f"unknown model {name!r}; {hint} (registered lite models: {', '.join(list_models())})")
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
