@@ -9,7 +9,7 @@ The average is timm's ModelEmaV3 (foreach lerp over the state_dict); the decay s
 TTA follows airbench94's `infer`: level 1 averages the logits of an image and its mirror image, level 2 averages that
 (weight 1/2) with the same pair shifted one pixel up-left and one pixel down-right under reflect padding (1/4 each).
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -30,12 +30,16 @@ def check_tta(level) -> int:
 
 @dataclass
 class EMAConfig:
-    enabled: bool = False  # evaluate and save the averaged weights instead of the raw ones
-    decay: float = 0.999  # per optimizer step; the average's half-life is ln(0.5) / ln(decay) steps (693 at 0.999)
-    every: int = 1  # optimizer steps between updates; each update then uses decay ** every, the same half-life
-    warmup_power: float = 0.0  # > 0: decay at step t is min(decay, 1 - (1 + t) ** -warmup_power) (timm's warm-up), so
-    #   the early, poor weights fade fast; 3/4 reaches 0.99 after 463 steps. 0 = the constant decay from step 1
-    copy_buffers: bool = False  # BatchNorm running statistics copied from the model instead of averaged
+    enabled: bool = field(default=False, metadata={"help": "evaluate and save the averaged weights instead of the raw ones"})
+    decay: float = field(default=0.999, metadata={
+        "help": "per optimizer step; the average's half-life is ln(0.5) / ln(decay) steps (693 at 0.999)"})
+    every: int = field(default=1, metadata={
+        "help": "optimizer steps between updates; each update then uses decay ** every, the same half-life"})
+    warmup_power: float = field(default=0.0, metadata={"help": (
+        "> 0: decay at step t is min(decay, 1 - (1 + t) ** -warmup_power) (timm's warm-up), so the early, poor "
+        "weights fade fast; 3/4 reaches 0.99 after 463 steps. 0 = the constant decay from step 1")})
+    copy_buffers: bool = field(default=False, metadata={
+        "help": "BatchNorm running statistics copied from the model instead of averaged"})
 
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0 or self.every < 1 or self.warmup_power < 0:
