@@ -3,11 +3,10 @@
     python -m resnet_lite.launch                  # every recipe and its path
     python -m resnet_lite.launch cpu              # the path of cpu.yaml
     accelerate launch --config_file "$(python -m resnet_lite.launch multi_gpu)" --num_processes 4 -m resnet_lite.train
-    sbatch "$(python -m resnet_lite.launch slurm_1node.sbatch)" --variant model5
 
 A name is an Accelerate config without its .yaml (cpu, single_gpu, multi_gpu, multi_node) or any file's full name.
 From a checkout the files are its launch/ folder; after `pip install` the copy inside the package, so the commands
-above work from any folder.
+above work from any folder. (The Slurm scripts still read launch/*.yaml from the folder they are submitted from.)
 """
 import difflib
 import sys
