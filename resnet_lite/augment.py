@@ -25,15 +25,21 @@ _UNIFORMS = 12  # columns: angle, flip, crop y, crop x, 3 jitter factors, 3 jitt
 
 @dataclass
 class AugmentConfig:
-    preset: str = "seed"  # "seed" | "fast" | "none"; fields left None take the preset's value
-    rotate_degrees: float | None = None  # angle uniform in [-d, d], nearest, zero fill, about the centre
-    flip: bool | None = None  # horizontal flip with p = 0.5
-    crop_padding: int | None = None  # pixels padded on each side, then a random crop back to H x W
-    pad_mode: str | None = None  # "zero" | "reflect" (airbench's translate is reflect padding 2)
-    brightness: float | None = None  # factor uniform in [max(0, 1 - b), 1 + b], as ColorJitter
-    contrast: float | None = None
-    saturation: float | None = None
-    cutout: int | None = None  # side in pixels of a square set to 0 after normalising (DeVries & Taylor); 0 = off
+    preset: str = dataclasses.field(default="seed", metadata={
+        "help": "seed | fast | none; the fields below left null take the preset's value"})
+    rotate_degrees: float | None = dataclasses.field(default=None, metadata={
+        "help": "angle uniform in [-d, d], nearest, zero fill, about the centre"})
+    flip: bool | None = dataclasses.field(default=None, metadata={"help": "horizontal flip with p = 0.5"})
+    crop_padding: int | None = dataclasses.field(default=None, metadata={
+        "help": "pixels padded on each side, then a random crop back to H x W"})
+    pad_mode: str | None = dataclasses.field(default=None, metadata={
+        "help": "zero | reflect (airbench's translate is reflect padding 2)"})
+    brightness: float | None = dataclasses.field(default=None, metadata={
+        "help": "factor uniform in [max(0, 1 - b), 1 + b], as ColorJitter"})
+    contrast: float | None = dataclasses.field(default=None, metadata={"help": "as brightness, for contrast"})
+    saturation: float | None = dataclasses.field(default=None, metadata={"help": "as brightness, for saturation"})
+    cutout: int | None = dataclasses.field(default=None, metadata={
+        "help": "side in pixels of a square set to 0 after normalising (DeVries & Taylor); 0 = off"})
 
 
 PRESETS: dict[str, AugmentConfig] = {

@@ -12,6 +12,7 @@ Unknown keys and wrong types raise UserError naming the key, what it should be, 
 """
 import dataclasses
 import re
+import textwrap
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,8 +28,8 @@ from .optim import OptimConfig, ScheduleConfig
 from .shipped import shipped
 from .tta import check_tta
 
-__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "list_presets", "read_preset", "read_yaml", "load_yaml",
-           "parse_override", "MIXED_PRECISION", "WANDB_MODES"]
+__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
+           "parse_override", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -36,32 +37,44 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 @dataclass
 class TrainConfig:
-    name: str | None = None  # run name: prefix of the default output folder and the W&B run; None -> preset or model
-    model: str = "lite_r4b2"  # any name resnet_lite.create_model knows
-    drop_rate: float = 0.0  # dropout before the classifier
-    epochs: int = 70
-    batch_size: int = 128  # GLOBAL images per optimizer step: all processes and accumulation steps together
-    eval_batch_size: int = 512  # global, split across processes like batch_size
-    seed: int = 0
-    output_dir: str | None = None  # None -> runs/<name>-<YYYYmmdd-HHMMSS>
-    mixed_precision: str = field(default="auto", metadata={"choices": MIXED_PRECISION})  # auto: the launcher's setting, else bf16 where CUDA has it
-    grad_accum: int = 1  # micro-batches per optimizer step (each batch_size / grad_accum images); saves memory only
-    sync_bn: bool = False  # SyncBatchNorm across processes (no effect with one process)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model
-    eval_every: int = 1  # epochs between test evaluations (the last epoch is always evaluated)
-    label_smoothing: float = 0.0
-    tta: int = 0  # test-time augmentation at every evaluation: 0 none, 1 flip, 2 flip + 1-pixel translate (airbench)
-    drop_last: bool = False  # skip each epoch's final partial batch (fixed shapes: no recompile under torch.compile)
-    wandb: str = field(default="auto", metadata={"choices": WANDB_MODES})  # auto: online when logged in, else disabled
-    wandb_project: str = "resnet_lite"
-    checkpoint_every_steps: int = 0  # optimizer steps between checkpoints; 0 = at the end of every epoch only
-    keep_checkpoints: int = 2  # newest resumable checkpoints kept in <output_dir>/checkpoints
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    ema: EMAConfig = field(default_factory=EMAConfig)  # evaluate (and save) an average of the weights
+    name: str | None = field(default=None, metadata={
+        "help": "run name: prefix of the default output folder and the W&B run; null -> the preset or the model"})
+    model: str = field(default="lite_r4b2", metadata={"help": "any name resnet_lite.create_model knows"})
+    drop_rate: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
+    epochs: int = field(default=70, metadata={"help": "passes over the training split"})
+    batch_size: int = field(default=128, metadata={
+        "help": "GLOBAL images per optimizer step: all processes and accumulation steps together"})
+    eval_batch_size: int = field(default=512, metadata={"help": "global, split across processes like batch_size"})
+    seed: int = field(default=0, metadata={"help": "seeds the weights, the data order and the augmentation"})
+    output_dir: str | None = field(default=None, metadata={"help": "run directory; null -> runs/<name>-<YYYYmmdd-HHMMSS>"})
+    mixed_precision: str = field(default="auto", metadata={
+        "choices": MIXED_PRECISION, "help": "auto: the launcher's setting, else bf16 where CUDA has it"})
+    grad_accum: int = field(default=1, metadata={
+        "help": "micro-batches per optimizer step (each batch_size / grad_accum images); saves memory only"})
+    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (no effect with one process)"})
+    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the model and batches"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    eval_every: int = field(default=1, metadata={
+        "help": "epochs between test evaluations (the last epoch is always evaluated)"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy loss, in [0, 1)"})
+    tta: int = field(default=0, metadata={
+        "help": "test-time augmentation at every evaluation: 0 none, 1 flip, 2 flip + 1-pixel translate (airbench)"})
+    drop_last: bool = field(default=False, metadata={
+        "help": "skip each epoch's final partial batch (fixed shapes: no recompile under torch.compile)"})
+    wandb: str = field(default="auto", metadata={
+        "choices": WANDB_MODES, "help": "auto: online when logged in to W&B, else disabled"})
+    wandb_project: str = field(default="resnet_lite", metadata={"help": "the W&B project"})
+    checkpoint_every_steps: int = field(default=0, metadata={
+        "help": "optimizer steps between checkpoints; 0 = at the end of every epoch only"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset (resnet_lite.data)"})
+    augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
+        "help": "training augmentation (resnet_lite.augment)"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the optimizer (resnet_lite.optim)"})
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={
+        "help": "the learning-rate schedule (resnet_lite.optim)"})
+    ema: EMAConfig = field(default_factory=EMAConfig, metadata={
+        "help": "evaluate (and save) an average of the weights (resnet_lite.ema)"})
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "keep_checkpoints"):
@@ -161,6 +174,11 @@ def to_dict(obj) -> dict:
     return plain(dataclasses.asdict(obj))
 
 
+def to_yaml(cfg) -> str:
+    """The config as the YAML a run directory's config.yaml holds."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def _paths(cls, prefix="") -> list[str]:
     """Every dotted setting of `cls`, nested dataclasses expanded."""
     out = []
@@ -169,6 +187,48 @@ def _paths(cls, prefix="") -> list[str]:
         tp = hints[f.name]
         out += _paths(tp, f"{prefix}{f.name}.") if dataclasses.is_dataclass(tp) else [prefix + f.name]
     return out
+
+
+def _short_type(tp) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join("null" if a is type(None) else _short_type(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (tuple, list):
+        return f"[{', '.join(_short_type(a) for a in typing.get_args(tp))}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _yaml_value(value) -> str:
+    """How a default reads in a YAML file or a KEY=VALUE override."""
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(map(_yaml_value, value))}]"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
+def settings_help(width: int = 118) -> str:
+    """Every dotted setting with its type, default and description, from the config dataclasses themselves."""
+    rows = []  # (dotted name, "type = default", help)
+
+    def walk(cls, prefix):
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            help_text = f.metadata.get("help", "")
+            if dataclasses.is_dataclass(hints[f.name]):
+                rows.append((f"{prefix}{f.name}.*", "", help_text))
+                walk(hints[f.name], f"{prefix}{f.name}.")
+                continue
+            kind = "|".join(map(str, f.metadata["choices"])) if "choices" in f.metadata else _short_type(hints[f.name])
+            rows.append((prefix + f.name, f"{kind} = {_yaml_value(f.default)}", help_text))
+
+    walk(TrainConfig, "")
+    name_width = max(len(name) for name, _, _ in rows) + 2
+    lines = ["settings (KEY=VALUE overrides and --config YAML keys; type = default: meaning):"]
+    for name, kind, help_text in rows:
+        text = f"{kind}: {help_text}" if kind else help_text
+        lines += textwrap.wrap(text, width, initial_indent=f"  {name:<{name_width}}",
+                               subsequent_indent=" " * (name_width + 4), break_on_hyphens=False)
+    return "\n".join(lines)
 
 
 def _suggest(key: str, cls) -> str:

@@ -16,7 +16,7 @@ import math
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
@@ -36,13 +36,16 @@ POOL_MIN_IMAGES = 4096  # below this, decoding in this process beats starting wo
 
 @dataclass
 class DataConfig:
-    spec: str = "cifar10"  # cifar10 | cifar100 | imagefolder:PATH | synthetic
-    root: str | None = None  # download/cache dir; None -> $RESNET_LITE_DATA or the user cache dir
-    image_size: int | None = None  # resize imagefolder images to this square size; None = all must share one size
-    holdout: int = 0  # training images held out (fixed-seed permutation) as a `val` split for model selection
-    download: bool = True
-    synthetic_train: int = 10000  # images, for spec "synthetic"
-    synthetic_test: int = 2000
+    spec: str = field(default="cifar10", metadata={"help": "dataset: cifar10 | cifar100 | imagefolder:PATH | synthetic"})
+    root: str | None = field(default=None, metadata={
+        "help": "download/cache dir; null -> $RESNET_LITE_DATA or the user cache dir"})
+    image_size: int | None = field(default=None, metadata={
+        "help": "resize imagefolder images to this square size; null = all must share one size"})
+    holdout: int = field(default=0, metadata={
+        "help": "training images held out (fixed-seed permutation) as a `val` split for model selection"})
+    download: bool = field(default=True, metadata={"help": "download CIFAR when it is not in root yet"})
+    synthetic_train: int = field(default=10000, metadata={"help": "training images, for spec synthetic"})
+    synthetic_test: int = field(default=2000, metadata={"help": "test images, for spec synthetic"})
 
 
 @dataclass

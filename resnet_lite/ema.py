@@ -6,7 +6,7 @@
 
 The average is timm's ModelEmaV3 (foreach lerp over the state_dict); the decay schedule is ours, in optimizer steps.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from timm.utils import ModelEmaV3
@@ -18,12 +18,16 @@ __all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema"]
 
 @dataclass
 class EMAConfig:
-    enabled: bool = False  # evaluate and save the averaged weights instead of the raw ones
-    decay: float = 0.999  # per optimizer step; the average's half-life is ln(0.5) / ln(decay) steps (693 at 0.999)
-    every: int = 1  # optimizer steps between updates; each update then uses decay ** every, the same half-life
-    warmup_power: float = 0.0  # > 0: decay at step t is min(decay, 1 - (1 + t) ** -warmup_power) (timm's warm-up), so
-    #   the early, poor weights fade fast; 3/4 reaches 0.99 after 463 steps. 0 = the constant decay from step 1
-    copy_buffers: bool = False  # BatchNorm running statistics copied from the model instead of averaged
+    enabled: bool = field(default=False, metadata={"help": "evaluate and save the averaged weights instead of the raw ones"})
+    decay: float = field(default=0.999, metadata={
+        "help": "per optimizer step; the average's half-life is ln(0.5) / ln(decay) steps (693 at 0.999)"})
+    every: int = field(default=1, metadata={
+        "help": "optimizer steps between updates; each update then uses decay ** every, the same half-life"})
+    warmup_power: float = field(default=0.0, metadata={"help": (
+        "> 0: decay at step t is min(decay, 1 - (1 + t) ** -warmup_power) (timm's warm-up), so the early, poor "
+        "weights fade fast; 3/4 reaches 0.99 after 463 steps. 0 = the constant decay from step 1")})
+    copy_buffers: bool = field(default=False, metadata={
+        "help": "BatchNorm running statistics copied from the model instead of averaged"})
 
     def __post_init__(self):
         if not 0.0 <= self.decay < 1.0 or self.every < 1 or self.warmup_power < 0:

@@ -1,17 +1,21 @@
 """Measure a trained model: accuracy, loss, per-class accuracy and the confusion matrix, as tables and files.
 
     python -m resnet_lite.evaluate runs/m5                          # model_last.safetensors on the run's own test data
-    python -m resnet_lite.evaluate runs/m5 --weights best --tta     # the best epoch, averaging x and its mirror image
+    python -m resnet_lite.evaluate runs/m5 --weights best --tta 1   # the best epoch, averaging x and its mirror image
     python -m resnet_lite.evaluate runs/m5 --tta 2                  # ... and the pair shifted by a pixel (airbench)
     python -m resnet_lite.evaluate runs/m5/model_last.safetensors --data imagefolder:~/cifar10-jpeg --output eval/
     accelerate launch -m resnet_lite.evaluate runs/m5               # each process takes a shard; the sums are reduced
 
-Writes evaluation.json and confusion.png into the run directory (or --output DIR). The computation is the trainer's
-own test pass (resnet_lite.engine.evaluate_loader through resnet_lite.tta.TTA), so the run's last weights on its test data, with
+Writes evaluation-<weights>-<split>-tta<level>.json and confusion-<...>.png into the run directory (or --output DIR),
+e.g. evaluation-last-test-tta1.json, with the data's name added for other data than the run's own: evaluating again
+with other settings keeps the earlier files, and again with the same settings rewrites the same result. The
+computation is the trainer's own test pass (resnet_lite.engine.evaluate_loader through resnet_lite.tta.TTA), so the
+run's last weights on its test data, with
 its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
 """
 import dataclasses
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from .errors import ArgumentParser, UserError, cli
 from .files import write_json
 from .plots import plot_confusion
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
-from .tta import TTA, TTA_LEVELS
+from .tta import TTA, tta_level
 
 __all__ = ["evaluate", "main"]
 
@@ -56,7 +60,8 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
     tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.tta.TTA); None: the run's own level (else 0).
 
     Every process of `accelerate launch` takes its shard; the returned result is the same on all. The main process
-    writes evaluation.json and confusion.png into `output` (default: the run directory, else beside the weights)."""
+    writes evaluation-<name>.json and confusion-<name>.png (see output_name) into `output` (default: the run
+    directory, else beside the weights); report["files"] names them."""
     if split not in SPLITS:
         raise UserError(f"--split {split} is not one of {', '.join(SPLITS)}")
     run = load_run(path, weights)
@@ -86,11 +91,22 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
         report = _report(run, data_cfg.spec, split, tta, batch_size, result, accelerator)
         if accelerator.is_main_process:
             out = Path(output) if output else (run.run_dir or run.weights.parent)
-            write_json(report, out / "evaluation.json")
-            plot_confusion(result["confusion"], run.classes, out / "confusion.png",
+            name = output_name(run, data_cfg.spec, split, tta)
+            write_json(report, out / f"evaluation-{name}.json")
+            plot_confusion(result["confusion"], run.classes, out / f"confusion-{name}.png",
                            f"{run.meta['model']} on {ds.name} {split}: {100 * result['acc']:.2f}%")
-            report["output"] = str(out)
+            report["files"] = [str(out / f"evaluation-{name}.json"), str(out / f"confusion-{name}.png")]
     return report
+
+
+def output_name(run: Run, spec: str, split: str, tta: int) -> str:
+    """'last-test-tta1': the weights, split and TTA level of an evaluation, and the data when it is not the run's own
+    ('m-test-tta0-imagefolder_cifar10-jpeg' for imagefolder:~/data/cifar10-jpeg), so that evaluations with other
+    settings get files of their own."""
+    weights = run.weights.stem.removeprefix("model_")
+    kind, _, folder = spec.partition(":")
+    data = "" if run.config and spec == run.config.data.spec else "-" + kind + (f"_{Path(folder).name}" if folder else "")
+    return re.sub(r"[^\w.-]+", "_", f"{weights}-{split}-tta{tta}{data}")
 
 
 def _short(names: list[str]) -> str:
@@ -153,8 +169,8 @@ def print_report(report: dict) -> None:
         for name, row in zip(classes, confusion.tolist()):
             matrix.add_row(name, *map(str, row))
         console.print(matrix)
-    if "output" in report:
-        console.print(f"saved {Path(report['output']) / 'evaluation.json'} and confusion.png", highlight=False)
+    if "files" in report:
+        console.print(f"saved {' and '.join(report['files'])}", highlight=False)
 
 
 def build_parser() -> ArgumentParser:
@@ -164,15 +180,16 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
     p.add_argument("--split", choices=SPLITS, default="test")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
-    p.add_argument("--tta", nargs="?", type=int, const=1, choices=TTA_LEVELS, metavar="LEVEL",
-                   help="test-time augmentation: --tta (or 1) averages the logits of each image and its mirror, "
+    p.add_argument("--tta", type=tta_level, metavar="LEVEL",
+                   help="test-time augmentation: 1 averages the logits of each image and its mirror, "
                         "2 adds the pair shifted one pixel, 0 none (default: the run's own setting)")
     p.add_argument("--batch-size", type=int, help="GLOBAL images per batch (default: the run's eval_batch_size)")
     p.add_argument("--image-size", type=int, help="resize imagefolder images to this square size (data.image_size)")
     p.add_argument("--mixed-precision", choices=["auto", "no", "fp16", "bf16"], default="auto",
                    help="auto: the run's own, where this machine has it")
-    p.add_argument("--output", metavar="DIR", help="where evaluation.json and confusion.png go (default: the run directory)")
-    p.add_argument("--json", action="store_true", help="print evaluation.json's content instead of tables")
+    p.add_argument("--output", metavar="DIR",
+                   help="where evaluation-*.json and confusion-*.png go (default: the run directory)")
+    p.add_argument("--json", action="store_true", help="print the evaluation JSON's content instead of tables")
     return p
 
 
@@ -181,7 +198,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     report = evaluate(args.path, args.data, args.split, args.weights, args.tta, args.batch_size, args.mixed_precision,
                       args.output, args.data_dir, args.image_size)
-    if "output" in report:  # the main process
+    if "files" in report:  # the main process
         if args.json:
             print(json.dumps(report, indent=2))
         else:

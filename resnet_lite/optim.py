@@ -22,13 +22,15 @@ SCHEDULES = ("cosine", "seed_cosine", "onecycle", "constant")
 
 @dataclass
 class OptimConfig:
-    name: str = field(default="adam", metadata={"choices": OPTIMIZERS})
-    lr: float = 0.01  # peak learning rate
-    weight_decay: float = 0.0  # adam/sgd: L2 added to the gradient; adamw: decoupled
-    momentum: float = 0.9  # sgd only (torch's default is 0; the seed's SGD row sets 0 in its preset)
-    nesterov: bool = False  # sgd only
-    betas: tuple[float, float] = (0.9, 0.999)  # adam/adamw
-    no_decay_norm_bias: bool = False  # no weight decay on 1-d parameters: norm weights and biases
+    name: str = field(default="adam", metadata={"choices": OPTIMIZERS, "help": "the optimizer"})
+    lr: float = field(default=0.01, metadata={"help": "peak learning rate, used as given whatever the batch size"})
+    weight_decay: float = field(default=0.0, metadata={"help": "adam/sgd: L2 added to the gradient; adamw: decoupled"})
+    momentum: float = field(default=0.9, metadata={
+        "help": "sgd only (torch's default is 0; the seed's SGD row sets 0 in its preset)"})
+    nesterov: bool = field(default=False, metadata={"help": "sgd only"})
+    betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "adam/adamw"})
+    no_decay_norm_bias: bool = field(default=False, metadata={
+        "help": "no weight decay on 1-d parameters: norm weights and biases"})
 
     def __post_init__(self):
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -42,16 +44,18 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    name: str = field(default="cosine", metadata={"choices": SCHEDULES})
-    # cosine: one cosine from lr to final_lr_fraction * lr over the run, after the warm-up
-    # seed_cosine: the seed notebook's CosineAnnealingLR(T_max=200, eta_min=0) stepped every batch, so the lr
-    #   falls to 0 and climbs back every 2 * t_max steps for the whole run (the faithful reproduction)
-    # onecycle: linear warm-up to lr, then linear decay to final_lr_fraction * lr (airbench's triangle)
-    # constant: lr after the warm-up
-    warmup_epochs: float = 0.0  # linear ramp from start_lr_fraction * lr to lr (not used by seed_cosine)
-    start_lr_fraction: float = 0.0  # lr at step 0 during the warm-up, as a fraction of lr
-    final_lr_fraction: float = 0.0  # lr at the end (cosine, onecycle) or the minimum (seed_cosine), fraction of lr
-    t_max: int = 200  # optimizer steps, seed_cosine's half period
+    name: str = field(default="cosine", metadata={"choices": SCHEDULES, "help": (
+        "cosine: one cosine from lr to final_lr_fraction * lr over the run, after the warm-up; "
+        "seed_cosine: the seed notebook's CosineAnnealingLR(T_max=200, eta_min=0) stepped every batch, so the lr "
+        "falls to 0 and climbs back every 2 * t_max steps for the whole run (the faithful reproduction); "
+        "onecycle: linear warm-up to lr, then linear decay to final_lr_fraction * lr (airbench's triangle); "
+        "constant: lr after the warm-up")})
+    warmup_epochs: float = field(default=0.0, metadata={
+        "help": "linear ramp from start_lr_fraction * lr to lr (not used by seed_cosine)"})
+    start_lr_fraction: float = field(default=0.0, metadata={"help": "lr at step 0 during the warm-up, as a fraction of lr"})
+    final_lr_fraction: float = field(default=0.0, metadata={
+        "help": "lr at the end (cosine, onecycle) or the minimum (seed_cosine), as a fraction of lr"})
+    t_max: int = field(default=200, metadata={"help": "optimizer steps, seed_cosine's half period"})
 
     def __post_init__(self):
         if self.warmup_epochs < 0 or self.t_max < 1:

@@ -18,7 +18,7 @@ import torch
 from .errors import ArgumentParser, UserError, cli
 from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
-from .tta import TTA, TTA_LEVELS
+from .tta import TTA, tta_level
 
 __all__ = ["find_images", "read_image", "predict", "main"]
 
@@ -97,8 +97,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
-    p.add_argument("--tta", nargs="?", type=int, const=1, choices=TTA_LEVELS, metavar="LEVEL",
-                   help="test-time augmentation: --tta (or 1) mirror, 2 mirror + 1-pixel shifts, 0 none "
+    p.add_argument("--tta", type=tta_level, metavar="LEVEL",
+                   help="test-time augmentation: 1 mirror, 2 mirror + 1-pixel shifts, 0 none "
                         "(default: the run's own setting)")
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")

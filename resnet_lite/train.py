@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CHECKPOINT_DIR, resumable_checkpoint
-from .config import TrainConfig, list_presets, resolve_config
+from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
 from .data import SPECS
 from .engine import accelerator_session, resolve_mixed_precision
 from .errors import ArgumentParser, UserError, cli
@@ -73,8 +73,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser("python -m resnet_lite.train",
                        description="Train a lite ResNet with Accelerate (also: accelerate launch / torchrun -m resnet_lite.train).",
                        epilog=f"presets (--variant): {', '.join(list_presets())}; `--list` describes them.\n"
-                              "Precedence: defaults < --variant < --config < flags < KEY=VALUE overrides.\n"
-                              "Settings: see resnet_lite/config.py (TrainConfig) or a run's config.yaml.")
+                              "Precedence: defaults < --variant < --config < flags < KEY=VALUE overrides; "
+                              "--print-config shows the result.\n\n" + settings_help())
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="any setting as a dotted override, e.g. optim.weight_decay=5e-4 schedule.name=onecycle")
     p.add_argument("--variant", metavar="PRESET", help="a preset from configs/ (model0..model8: the seed's Table 1)")
@@ -91,6 +91,8 @@ def build_parser() -> ArgumentParser:
                    help="continue a run with its own config, changed only by the flags and overrides given with it; "
                         "without a value: the newest checkpoint in --output-dir, or a fresh start if there is none")
     p.add_argument("--list", action="store_true", help="print the presets as a table and exit")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings as YAML (what the run's config.yaml holds) and exit without training")
     return p
 
 
@@ -143,8 +145,11 @@ def main(argv=None):
     if found:  # the run's own config, changed only by what this command line sets explicitly
         flags["output_dir"] = args.output_dir or str(_run_of(checkpoint))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
-    elif args.resume:
+    elif args.resume and not args.print_config:
         _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     try:
         train(cfg, resume=checkpoint)
     except Preempted as e:

@@ -5,12 +5,14 @@
 Level 0 is the model itself; level 1 averages the logits of an image and its mirror image; level 2 averages that
 (weight 1/2) with the same pair shifted one pixel up-left and one pixel down-right under reflect padding (1/4 each).
 """
+import argparse
+
 import torch
 import torch.nn.functional as F
 
 from .errors import UserError
 
-__all__ = ["TTA", "TTA_LEVELS", "check_tta"]
+__all__ = ["TTA", "TTA_LEVELS", "check_tta", "tta_level"]
 
 TTA_LEVELS = (0, 1, 2)  # none, flip, flip + 1-pixel translate
 
@@ -20,6 +22,16 @@ def check_tta(level) -> int:
         raise UserError(f"tta={level} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
     return level
 
+
+
+def tta_level(text: str) -> int:
+    """argparse type of the CLIs' --tta: the level must be given, or `--tta RUN` would take the run for the level."""
+    if text in map(str, TTA_LEVELS):
+        return int(text)
+    if text.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"{text} is not a TTA level: 0 none, 1 flip, 2 flip + 1-pixel translate")
+    raise argparse.ArgumentTypeError(f"a level is required, not {text!r}: write `--tta 1 {text}` "
+                                     "(0 none, 1 flip, 2 flip + 1-pixel translate)")
 
 
 class TTA(torch.nn.Module):

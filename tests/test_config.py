@@ -1,14 +1,23 @@
 """The training configuration: precedence, dotted overrides, one-line errors, and the shipped presets."""
 import dataclasses
+import os
+import re
 import subprocess
 import sys
+import typing
+from pathlib import Path
 
 import pytest
 import yaml
 
-from resnet_lite.config import TrainConfig, from_dict, list_presets, parse_override, read_preset, resolve_config, to_dict
+from resnet_lite.config import (TrainConfig, from_dict, list_presets, load_yaml, parse_override, read_preset,
+                                resolve_config, to_dict)
 from resnet_lite.errors import UserError
 from resnet_lite.models import SEED_TABLE
+from resnet_lite.train import main as train_main
+from tiny_run import tiny_run  # noqa: F401  (the fixture)
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_defaults_are_model5_with_one_cosine():
@@ -174,3 +183,65 @@ def test_seed_presets_match_table_1(row):
 def test_every_preset_resolves():
     for name in list_presets():
         assert resolve_config(name).name == name
+
+
+def _settings(cls=TrainConfig, prefix=""):
+    """(dotted name, dataclass field) of every setting, nested configs expanded."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _settings(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield prefix + f.name, f
+
+
+def _default(path):
+    value = to_dict(TrainConfig())
+    for part in path.split("."):
+        value = value[part]
+    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()  # as a YAML file writes it
+
+
+def test_every_setting_has_a_description():
+    missing = [path for path, f in _settings() if not f.metadata.get("help")]
+    assert not missing, f"add field(metadata={{'help': ...}}) to {missing}"
+    assert len(list(_settings())) > 50
+
+
+def test_help_lists_every_setting_with_its_type_and_default():
+    usage = subprocess.run([sys.executable, "-m", "resnet_lite.train", "--help"], capture_output=True, text=True,
+                           check=True, env=dict(os.environ, COLUMNS="80")).stdout
+    for path, f in _settings():
+        line = re.search(rf"^  {re.escape(path)} +(\S.*?) = (\S+): \S", usage, re.M)
+        if path == "optim.betas":  # a list has spaces: [0.9, 0.999]
+            line = re.search(rf"^  {re.escape(path)} +(\S.*?) = (\[.*?\]): \S", usage, re.M)
+        assert line, f"{path} is not listed in --help"
+        assert line[2] == _default(path), path
+        if "choices" in f.metadata:
+            assert line[1] == "|".join(f.metadata["choices"])
+    assert re.search(r"^  optim.lr +float = 0.01: peak learning rate", usage, re.M)
+    assert re.search(r"^  data.image_size +int \| null = null: ", usage, re.M)
+    assert "schedule.*" in usage and "--print-config" in usage
+
+
+def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path, capsys):
+    args = ["--variant", "model0", "--epochs", "3", "--output-dir", str(tmp_path / "run"), "optim.lr=0.5"]
+    assert train_main(["--print-config", *args]) == 0
+    printed = load_yaml(capsys.readouterr().out)
+    expected = resolve_config("model0", flags={"epochs": 3, "output_dir": str(tmp_path / "run")}, overrides=["optim.lr=0.5"])
+    assert from_dict(TrainConfig, printed) == expected and printed["optim"]["lr"] == 0.5
+    assert list(printed) == [f.name for f in dataclasses.fields(TrainConfig)]  # the order of config.yaml
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(SystemExit) as e:  # a bad setting is the same one-line error as when training
+        train_main(["--print-config", "optim.lrr=1"])
+    assert e.value.code == 2 and "did you mean 'optim.lr'?" in capsys.readouterr().err
+
+
+def test_print_config_with_resume_shows_the_runs_config_changed_by_the_command_line(tiny_run, capsys):
+    saved = load_yaml((tiny_run / "config.yaml").read_text())
+    checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
+    assert train_main(["--print-config", "--resume", str(tiny_run), "--epochs", "5", "optim.weight_decay=0.1"]) == 0
+    printed = load_yaml(capsys.readouterr().out)
+    saved["epochs"], saved["optim"]["weight_decay"] = 5, 0.1
+    assert printed == saved and printed["data"]["spec"] == "synthetic" and printed["tta"] == 1
+    assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == checkpoints  # nothing trained or written

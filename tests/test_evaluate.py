@@ -36,12 +36,13 @@ def test_reproduces_the_runs_final_accuracy_and_writes_its_files(tiny_run):
     assert report["loss"] == pytest.approx(summary["final_test_loss"], rel=1e-6)
     assert 0.15 < report["acc"] < 1.0  # the run learnt something, and not everything: the checks above can fail
 
-    saved = json.loads((tiny_run / "evaluation.json").read_text())
+    assert report["files"] == [str(tiny_run / "evaluation-last-test-tta1.json"), str(tiny_run / "confusion-last-test-tta1.png")]
+    saved = json.loads((tiny_run / "evaluation-last-test-tta1.json").read_text())
     assert saved["acc"] == report["acc"] and saved["confusion"] == report["confusion"]
     confusion = torch.tensor(saved["confusion"])
     assert confusion.shape == (10, 10) and confusion.sum() == TEST_IMAGES
     assert confusion.diag().sum().item() == round(report["acc"] * TEST_IMAGES)
-    with Image.open(tiny_run / "confusion.png") as png:
+    with Image.open(tiny_run / "confusion-last-test-tta1.png") as png:
         assert png.format == "PNG" and png.size[0] > 400
 
 
@@ -59,8 +60,14 @@ def test_tta_levels_are_the_hand_computed_ones(tiny_run, tmp_path):
         assert report["weights"].endswith("model_best.safetensors")
         assert "run_final_test_acc" not in report  # best weights measure something else than the summary's final
     assert evaluate(tiny_run, tta=2, output=tmp_path)["tta"] == 2
-    assert "run_final_test_acc" not in json.loads((tmp_path / "evaluation.json").read_text())  # not the run's level
-    assert (tmp_path / "confusion.png").is_file()
+    assert "run_final_test_acc" not in json.loads((tmp_path / "evaluation-last-test-tta2.json").read_text())  # not the run's level
+    # each setting has its own files: evaluating again with other settings kept the earlier results
+    written = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("evaluation-*.json")}
+    assert {name: (r["weights"].rsplit("_", 1)[1], r["tta"]) for name, r in written.items()} == {
+        "evaluation-best-test-tta0.json": ("best.safetensors", 0), "evaluation-best-test-tta1.json": ("best.safetensors", 1),
+        "evaluation-last-test-tta2.json": ("last.safetensors", 2)}
+    assert {p.name for p in tmp_path.glob("confusion-*.png")} == {n.replace("evaluation", "confusion").replace(".json", ".png")
+                                                                  for n in written}
 
 
 def test_cli_prints_tables(tiny_run, tmp_path, capsys):
@@ -69,7 +76,20 @@ def test_cli_prints_tables(tiny_run, tmp_path, capsys):
     acc = _summary(tiny_run)["final_test_acc"]
     assert f"{100 * acc:.2f}% (the same)" in out
     assert "flip" in out and "per class" in out and "confusion matrix" in out and all(f"class{i}" in out for i in range(10))
-    assert json.loads((tmp_path / "evaluation.json").read_text())["acc"] == acc
+    assert json.loads((tmp_path / "evaluation-last-test-tta1.json").read_text())["acc"] == acc
+    assert f"saved {tmp_path / 'evaluation-last-test-tta1.json'} and" in " ".join(out.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tta", "runs/x"], "argument --tta: a level is required, not 'runs/x': write `--tta 1 runs/x`"),
+    (["runs/x", "--tta", "3"], "argument --tta: 3 is not a TTA level: 0 none, 1 flip, 2 flip + 1-pixel translate"),
+    (["runs/x", "--tta"], "argument --tta: expected one argument"),
+])
+def test_tta_needs_an_explicit_level_and_never_takes_the_run(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
 def test_weights_file_alone_needs_data_of_the_models_size(tiny_run, tmp_path):
@@ -83,7 +103,8 @@ def test_weights_file_alone_needs_data_of_the_models_size(tiny_run, tmp_path):
         evaluate(weights, data=spec, data_dir=cache)
     report = evaluate(weights, data=spec, data_dir=cache, image_size=8)
     assert report["tta"] == 0 and report["samples"] == 30 and sum(map(sum, report["confusion"])) == 30
-    assert (tmp_path / "evaluation.json").is_file() and "run_final_test_acc" not in report
+    assert report["files"][0] == str(tmp_path / "evaluation-m-test-tta0-imagefolder_images.json") and "run_final_test_acc" not in report
+    assert Path(report["files"][0]).is_file() and Path(report["files"][1]).is_file()
 
 
 def test_data_with_other_classes_is_refused(tiny_run, tmp_path, capsys):
@@ -127,7 +148,7 @@ def test_accelerate_launch_two_processes_count_every_image_once(tiny_run, tmp_pa
     proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("per class") == 1  # the main process alone prints
-    two = json.loads((tmp_path / "evaluation.json").read_text())
+    two = json.loads((tmp_path / "evaluation-last-test-tta1.json").read_text())
     one = evaluate(tiny_run, output=tmp_path / "one")
     assert two["world_size"] == 2 and two["samples"] == TEST_IMAGES
     assert two["confusion"] == one["confusion"] and two["loss"] == pytest.approx(one["loss"], rel=1e-5)

@@ -487,3 +487,58 @@ def test_launch_readme_names_every_recipe_and_only_existing_files():
         words = shlex.split(command.rstrip("\\"))
         if "--config_file" in words:
             assert (REPO / words[words.index("--config_file") + 1]).exists()
+
+
+# -------------------------------------------------------------------------------- python -m resnet_lite.launch
+
+RECIPES = sorted(p.name for p in LAUNCH.iterdir() if p.suffix in (".yaml", ".sbatch", ".sh", ".md"))
+
+
+def _recipe_cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "resnet_lite.launch", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_launch_module_names_the_checkouts_recipes():
+    proc = _recipe_cli("cpu", cwd=REPO)
+    assert proc.returncode == 0 and proc.stdout == f"{LAUNCH / 'cpu.yaml'}\n"
+    assert _recipe_cli("torchrun.sh", cwd=REPO).stdout == f"{LAUNCH / 'torchrun.sh'}\n"
+    listed = dict(line.split() for line in _recipe_cli(cwd=REPO).stdout.splitlines())
+    assert sorted(Path(p).name for p in listed.values()) == RECIPES and listed["multi_gpu"] == str(LAUNCH / "multi_gpu.yaml")
+
+
+def test_unknown_recipe_is_one_line_listing_the_names():
+    proc = _recipe_cli("multi-gpu", cwd=REPO)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not proc.stdout
+    assert proc.stderr.startswith("error: no launch recipe 'multi-gpu'; did you mean multi_gpu?")
+    assert all(name in proc.stderr for name in ("cpu", "single_gpu", "multi_node", "torchrun.sh"))
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_recipes_found_from_any_folder(tmp_path):
+    """A real wheel of the project: launch/ inside it, and `python -m resnet_lite.launch cpu` from another folder
+    with only the unpacked wheel on the path gives a config that `accelerate launch --config_file` takes."""
+    import zipfile
+
+    src, dist, site, elsewhere = (tmp_path / d for d in ("src", "dist", "site", "elsewhere"))
+    for folder in ("resnet_lite", "configs", "launch"):  # a copy: building writes build/ and *.egg-info beside the sources
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w",
+                    str(dist)], check=True, capture_output=True, timeout=300)
+    (wheel,) = dist.glob("resnet_lite-*.whl")
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        z.extractall(site)
+    assert sorted(n.rsplit("/", 1)[1] for n in names if n.startswith("resnet_lite/launch_recipes/")) == RECIPES
+    assert "resnet_lite/launch.py" in names
+
+    elsewhere.mkdir()
+    proc = _recipe_cli("cpu", cwd=elsewhere, env=dict(os.environ, PYTHONPATH=str(site)))
+    assert proc.returncode == 0, proc.stderr
+    path = Path(proc.stdout.strip())
+    assert path == site / "resnet_lite" / "launch_recipes" / "cpu.yaml"
+    assert path.read_text() == (LAUNCH / "cpu.yaml").read_text()
+    kind, launch_config, cmd, cmd_args, env = _build_launch(path, [])
+    assert (kind, launch_config.nproc_per_node) == ("torchrun", 2) and cmd_args[-len(TRAIN):] == TRAIN

@@ -3,7 +3,8 @@
 - The test command is .ci/run's last line; the install command is the brief's main job.
 - Every `python -m resnet_lite.X` / `-m resnet_lite.train` command: the module exists, each --flag is one its
   --help lists, each --variant a shipped preset, each KEY=VALUE a real setting; `accelerate launch` flags parse
-  with Accelerate's own parser; every launch/ or docker/ file named exists.
+  with Accelerate's own parser, and its --config_file exists (a "$(python -m resnet_lite.launch NAME)" one: the
+  path that command prints); every launch/ or docker/ file named exists.
 - The Python blocks run as written.
 """
 import os
@@ -84,7 +85,7 @@ INVOCATIONS = _resnet_lite_invocations()
 
 
 def test_the_readme_shows_every_cli():
-    assert {m for _, m, _ in INVOCATIONS} == {"train", "evaluate", "predict", "export", "sweep"}
+    assert {m for _, m, _ in INVOCATIONS} == {"train", "evaluate", "predict", "export", "sweep", "launch"}
 
 
 @pytest.mark.parametrize("command, module, args", INVOCATIONS, ids=[c[:60] for c, _, _ in INVOCATIONS])
@@ -109,7 +110,12 @@ def test_accelerate_launch_commands_parse_and_name_real_configs():
         words = shlex.split(command.split("accelerate launch", 1)[1].split("&&")[0])
         launch_command_parser().parse_args(words)  # SystemExit on a flag Accelerate does not know
         if "--config_file" in words:
-            assert (REPO / words[words.index("--config_file") + 1]).is_file()
+            config = words[words.index("--config_file") + 1]
+            installed = re.fullmatch(r"\$\((python -m resnet_lite\.launch \w+)\)", config)
+            if installed:  # "$(python -m resnet_lite.launch NAME)": the path it prints
+                config = subprocess.run([sys.executable, *installed[1].split()[1:]], capture_output=True, text=True,
+                                        check=True).stdout.strip()
+            assert (REPO / config).is_file(), config
 
 
 def test_named_files_exist():
