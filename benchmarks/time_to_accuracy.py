@@ -200,7 +200,8 @@ def main(argv=None):
     overrides = list(args.overrides)
     if args.quick:
         overrides, args.seeds = [*QUICK, *overrides], min(args.seeds, 2)
-    overrides.append("wandb=disabled")
+    # what is timed is training; checkpoint and best-model writes would only eat into a budget (--budget, gpu_run.sh)
+    overrides += ["wandb=disabled", "checkpoint_every_epochs=0", "save_best=false"]
     with contextlib.ExitStack() as stack:
         out = Path(args.out) if args.out else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         out.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ import yaml
 from .augment import AugmentConfig
 from .data import DataConfig
 from .ema import EMAConfig
+from .engine import DDPConfig
 from .errors import UserError, did_you_mean
 from .optim import OptimConfig, ScheduleConfig
 from .shipped import shipped
@@ -65,7 +66,18 @@ class TrainConfig:
         "choices": WANDB_MODES, "help": "auto: online when logged in to W&B, else disabled"})
     wandb_project: str = field(default="resnet_lite", metadata={"help": "the W&B project"})
     checkpoint_every_steps: int = field(default=0, metadata={
-        "help": "optimizer steps between checkpoints; 0 = at the end of every epoch only"})
+        "help": "optimizer steps between checkpoints; 0 = at epoch ends only"})
+    checkpoint_every_epochs: int = field(default=1, metadata={
+        "help": "epochs between end-of-epoch checkpoints; 0 = none but the last epoch's (a stop signal still saves "
+                "one): benchmarks keep checkpoint writes out of the time they measure"})
+    save_best: bool = field(default=True, metadata={
+        "help": "write model_best.safetensors whenever the selected accuracy improves (model_last is always written)"})
+    stop_check_every: int = field(default=1, metadata={
+        "help": "optimizer steps between the checks for a stop signal or a non-finite loss (each one reads a few "
+                "numbers from the device a step later); checkpoints and epoch ends always check"})
+    cudnn_benchmark: bool = field(default=True, metadata={
+        "help": "let cuDNN time its convolution algorithms per input shape and keep the fastest (shapes are fixed "
+                "with drop_last); no effect on the CPU"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset (resnet_lite.data)"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
@@ -75,13 +87,18 @@ class TrainConfig:
         "help": "the learning-rate schedule (resnet_lite.optim)"})
     ema: EMAConfig = field(default_factory=EMAConfig, metadata={
         "help": "evaluate (and save) an average of the weights (resnet_lite.ema)"})
+    ddp: DDPConfig = field(default_factory=DDPConfig, metadata={
+        "help": "DistributedDataParallel with more than one process (resnet_lite.engine)"})
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "keep_checkpoints"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key}={getattr(self, key)} must be >= 1")
-        if self.checkpoint_every_steps < 0:
-            raise UserError(f"checkpoint_every_steps={self.checkpoint_every_steps} must be >= 0 (0 = every epoch only)")
+        if self.checkpoint_every_steps < 0 or self.checkpoint_every_epochs < 0:
+            raise UserError(f"checkpoint_every_steps={self.checkpoint_every_steps} and checkpoint_every_epochs="
+                            f"{self.checkpoint_every_epochs} must be >= 0 (0 = none)")
+        if self.stop_check_every < 1:
+            raise UserError(f"stop_check_every={self.stop_check_every} must be >= 1")
         if self.batch_size % self.grad_accum:
             raise UserError(f"batch_size={self.batch_size} does not split into grad_accum={self.grad_accum} "
                             f"micro-batches; use a batch_size divisible by {self.grad_accum}")

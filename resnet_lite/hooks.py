@@ -38,8 +38,19 @@ def _state_hash(state_dict: dict) -> str:
     return h.hexdigest()
 
 
-def rank_report(rank: int, world_size: int, step: int, model, train_indices, test_loader, **extra) -> None:
-    """With RESNET_LITE_RANK_REPORT=DIR: DIR/rank<rank>.json (the process's step, weights hash and data shards)."""
+def _ddp_settings(wrapped) -> dict | None:
+    """The DistributedDataParallel settings in force for what the steps call (under torch.compile or not)."""
+    ddp = getattr(wrapped, "_orig_mod", wrapped)
+    if not isinstance(ddp, torch.nn.parallel.DistributedDataParallel):
+        return None
+    return {"static_graph": ddp.static_graph, "bucket_bytes_cap": ddp.bucket_bytes_cap,
+            "broadcast_buffers": ddp.broadcast_buffers, "gradient_as_bucket_view": ddp.gradient_as_bucket_view}
+
+
+def rank_report(rank: int, world_size: int, step: int, model, train_indices, test_loader, wrapped=None,
+                **extra) -> None:
+    """With RESNET_LITE_RANK_REPORT=DIR: DIR/rank<rank>.json (the process's step, weights hash, data shards and DDP
+    settings)."""
     if not os.environ.get("RESNET_LITE_RANK_REPORT"):
         return
     report = Path(os.environ["RESNET_LITE_RANK_REPORT"])
@@ -47,4 +58,4 @@ def rank_report(rank: int, world_size: int, step: int, model, train_indices, tes
     (report / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world_size": world_size, "step": step, "state_sha256": _state_hash(model.state_dict()),
         "train_indices_first_epoch": train_indices.tolist() if train_indices is not None else [],
-        "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples, **extra}))
+        "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples, "ddp": _ddp_settings(wrapped), **extra}))

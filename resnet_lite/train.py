@@ -62,7 +62,7 @@ def train(cfg: TrainConfig, resume=None) -> dict:
     with stop_signals() as stop_flag, accelerator_session(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision), log_with="wandb" if logging else None,
             # the batch size is global: Accelerate would step a prepared scheduler once per process
-            step_scheduler_with_optimizer=False) as accelerator:
+            step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
         return Trainer(cfg, accelerator, resume, stop_flag).fit()
 
 

@@ -10,6 +10,7 @@ torch.compile), `evaluated` the module whose weights are evaluated and saved (th
 `evaluator` the callable an evaluation runs (evaluated, compiled, behind test-time augmentation).
 """
 import dataclasses
+import functools
 import itertools
 import os
 import platform
@@ -154,14 +155,19 @@ class Trainer:
         # identity, so every later run in a process recompiled (a sweep, benchmarks/time_to_accuracy.py); the loops
         # enter autocast themselves
         self.model.__dict__.pop("forward", None)
-        self.evaluator = TTA(torch.compile(self.evaluated) if cfg.compile else self.evaluated, cfg.tta)  # no collective
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
+        # dynamic=False: a new batch size (an evaluation's last batch) gets a graph of its own, as fast as the first,
+        # instead of turning the batch dimension symbolic for every later call
+        compiled = functools.partial(torch.compile, dynamic=False) if cfg.compile else (lambda module: module)
+        self.evaluator = TTA(compiled(self.evaluated), cfg.tta)  # the plain module: no collective in forward
         self.normalize = build_normalize(self.ds.mean, self.ds.std)
         self.loop = Loop(
-            accelerator, self.model, torch.compile(prepared) if cfg.compile else prepared, optimizer, scheduler,
+            accelerator, self.model, compiled(prepared), optimizer, scheduler,
             criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
             augment=build_augment(cfg.augment, self.ds.mean, self.ds.std),
             generator=torch.Generator(device=self.device), seed=cfg.seed, grad_accum=cfg.grad_accum,
-            channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps, ema=self.ema,
+            channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps,
+            stop_check_every=cfg.stop_check_every, ema=self.ema,
             ema_cfg=cfg.ema, after_step=hooks.step_hook())
         self.wrapped = self.loop.wrapped
 
@@ -226,18 +232,19 @@ class Trainer:
             row, selected = self._end_epoch(epoch, done, t_epoch)
             if self.is_main:
                 write_metrics(self.rows, self.run_dir / "metrics.jsonl")
-                if selected:
+                if selected and cfg.save_best:
                     save_weights(self.evaluated.state_dict(), self.run_dir / "model_best.safetensors",
                                  dict(self.meta, epoch=epoch + 1))
                 if time.perf_counter() - last_curves > CURVES_EVERY:
                     plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name)
                     last_curves = time.perf_counter()
             state.epoch, state.batch, state.train_loss_sum, state.train_images = epoch + 1, 0, 0.0, 0
-            saved = self.save(epoch + 1, 0, 0.0, 0)
+            every, last = cfg.checkpoint_every_epochs, epoch + 1 == cfg.epochs
+            saved = self.save(epoch + 1, 0, 0.0, 0) if last or (every and (epoch + 1) % every == 0) else None
             self.accelerator.log({k: v for k, v in row.items() if v is not None}, step=state.step)
             self.progress.end_epoch(row)
-            if epoch + 1 < cfg.epochs and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
-                self.stop(stop, saved, epoch)  # a signal during the evaluation
+            if not last and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
+                self.stop(stop, saved or self.save(epoch + 1, 0, 0.0, 0), epoch)  # a signal during the evaluation
         self.check.close()
         self.progress.close()
         state.elapsed += time.perf_counter() - self.t_start
@@ -314,7 +321,8 @@ class Trainer:
                         f"{saved}; continue with: python -m resnet_lite.train --output-dir {self.run_dir} --resume")
 
     def _rank_report(self, train_indices, **extra) -> None:
-        hooks.rank_report(self.rank, self.world, self.state.step, self.model, train_indices, self.test_loader, **extra)
+        hooks.rank_report(self.rank, self.world, self.state.step, self.model, train_indices, self.test_loader,
+                          wrapped=self.wrapped, **extra)
 
     # ------------------------------------------------------------------------------------------ the end
 
