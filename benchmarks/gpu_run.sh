@@ -149,6 +149,29 @@ for name, title in (("throughput.json", "Throughput"), ("tta_fast.json", "Time t
                 parts.append(f"- {preset} seed {s['seed']}: {len(s['rows'])}/{res['epochs']} epochs, final test acc "
                              f"{s['final_test_acc']}, train {s['train_seconds']:.2f} s, reached {s['reached']}")
         parts.append("")
+# issue 11's targets, against model5's final accuracy on the same data (fewer than its 70 epochs if it was stopped)
+parts += ["## Targets", ""]
+fast_path, m5_path = out / "tta_fast.json", out / "tta_model5.json"
+base_seeds = json.loads(m5_path.read_text())["presets"]["model5"]["seeds"] if m5_path.exists() else []
+if not fast_path.exists() or not base_seeds or base_seeds[0]["final_test_acc"] is None:
+    parts += ["not judged: the fast presets or model5 did not run (see gpu_run.log)", ""]
+else:
+    base = base_seeds[0]
+    parts += [f"model5 (seed 0, {len(base['rows'])} epochs{'' if base['complete'] else ', stopped by the budget'}): "
+              f"final test acc {100 * base['final_test_acc']:.2f}%, train {base['train_seconds']:.1f} s", "",
+              "| preset | target | seeds | mean final acc % | mean train s (steady) | met |", "|---|---|---|---|---|---|"]
+    presets = json.loads(fast_path.read_text())["presets"]
+    for preset, margin, limit in (("fast", 0.0, 10.0), ("fast94", 0.025, 40.0)):
+        seeds = [s for s in presets.get(preset, {}).get("seeds", []) if s["final_test_acc"] is not None]
+        if not seeds:
+            parts.append(f"| {preset} | - | 0 | - | - | not run |")
+            continue
+        acc = sum(s["final_test_acc"] for s in seeds) / len(seeds)
+        secs = sum(s["steady_train_seconds"] for s in seeds) / len(seeds)
+        met = acc >= base["final_test_acc"] + margin and secs <= limit
+        parts.append(f"| {preset} | >= model5 + {100 * margin:.1f} pts in <= {limit:.0f} s | {len(seeds)} | "
+                     f"{100 * acc:.2f} | {secs:.2f} | {'yes' if met else 'NO'} |")
+    parts.append("")
 (out / "summary.md").write_text("\n".join(parts))
 print("\n".join(parts))
 EOF

@@ -15,7 +15,6 @@ clock read. TFLOP/s counts 3 x forward MACs x 2 (forward + backward as twice the
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from _machine import hardware  # benchmarks/ is on sys.path when a script runs
 from resnet_lite import count_macs, create_model
 from resnet_lite.augment import build_augment, build_normalize
+from resnet_lite.files import write_json
 from resnet_lite.optim import OptimConfig, build_optimizer
 
 VARIANTS = ("lite_r4b2", "lite_r4b3", "lite_r5b2")
@@ -178,16 +178,9 @@ def main(argv=None):
             torch.cuda.empty_cache()
         torch._dynamo.reset()  # the next variant compiles from a clean state: warm-up times stay comparable
         if args.json:  # after every variant: a run stopped by a time limit keeps what it measured
-            write_json(args.json, {"env": env, "macs": macs, "results": results, "table": table(results, macs)})
+            write_json({"env": env, "macs": macs, "results": results, "table": table(results, macs)}, args.json)
     print(table(results, macs))
     return results
-
-
-def write_json(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ import contextlib
 import datetime
 import io
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -35,6 +34,7 @@ import torch
 from _machine import hardware  # benchmarks/ is on sys.path when a script runs
 from resnet_lite.config import resolve_config
 from resnet_lite.data import load_data
+from resnet_lite.files import read_metrics, write_json
 from resnet_lite.train import train
 
 TARGETS = (0.9147, 0.94)  # the seed's model 5 (best epoch of 70), and airbench94's bar
@@ -77,7 +77,7 @@ def subset_imagefolder(root: Path, n_train: int, n_test: int, dest: Path) -> Pat
 def _run_in_process(cfg) -> tuple[dict, list[dict]]:
     with contextlib.redirect_stdout(io.StringIO()):  # keep the trainer's tables out of the benchmark's output
         summary = train(cfg)
-    return summary, _rows(cfg.output_dir)
+    return summary, read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
 
 
 def _run_subprocess(preset, overrides, out, timeout) -> tuple[dict | None, list[dict]]:
@@ -90,12 +90,7 @@ def _run_subprocess(preset, overrides, out, timeout) -> tuple[dict | None, list[
         except subprocess.TimeoutExpired:
             pass
     summary_file = Path(out) / "summary.json"
-    return (json.loads(summary_file.read_text()) if summary_file.exists() else None), _rows(out)
-
-
-def _rows(out) -> list[dict]:
-    path = Path(out) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return (json.loads(summary_file.read_text()) if summary_file.exists() else None), read_metrics(Path(out) / "metrics.jsonl")
 
 
 def _mean_std(values) -> str:
@@ -140,12 +135,6 @@ def report(preset: str, seeds: list[dict], targets, epochs: int) -> str:
     return "\n".join(lines)
 
 
-
-
-def _write_json(path, data):
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def run_seed(preset, seed, overrides, out, args, epoch_images, epochs) -> dict:
@@ -250,13 +239,13 @@ def main(argv=None):
                 results[name]["seeds"].append(run_seed(name, seed, overrides, out, args, epoch_images, cfg.epochs))
                 last_run = time.perf_counter() - t0
                 if args.json:
-                    _write_json(args.json, {"env": env, "presets": results})
+                    write_json({"env": env, "presets": results}, args.json)
             results[name]["table"] = report(name, results[name]["seeds"], args.targets, cfg.epochs)
             tables.append(results[name]["table"])
         text = "\n\n".join(tables)
         print(text)
         if args.json:
-            _write_json(args.json, {"env": env, "presets": results, "table": text})
+            write_json({"env": env, "presets": results, "table": text}, args.json)
     return results
 
 

@@ -8,10 +8,9 @@ A name is an Accelerate config without its .yaml (cpu, single_gpu, multi_gpu, mu
 From a checkout the files are its launch/ folder; after `pip install` the copy inside the package, so the commands
 above work from any folder. (The Slurm scripts still read launch/*.yaml from the folder they are submitted from.)
 """
-import difflib
 import sys
 
-from .errors import ArgumentParser, UserError, cli
+from .errors import ArgumentParser, UserError, cli, did_you_mean
 from .shipped import shipped
 
 __all__ = ["recipes", "recipe", "main"]
@@ -30,8 +29,8 @@ def recipe(name: str):
     if name.endswith(".yaml"):
         name = name.removesuffix(".yaml")
     if name not in found:
-        close = difflib.get_close_matches(name, list(found), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
+        hint = did_you_mean(name, found)
+        hint = f"{hint} " if hint else ""
         raise UserError(f"no launch recipe '{name}'; {hint}(recipes: {', '.join(found)})")
     return found[name]
 

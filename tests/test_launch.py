@@ -510,7 +510,7 @@ def test_launch_module_names_the_checkouts_recipes():
 def test_unknown_recipe_is_one_line_listing_the_names():
     proc = _recipe_cli("multi-gpu", cwd=REPO)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and not proc.stdout
-    assert proc.stderr.startswith("error: no launch recipe 'multi-gpu'; did you mean multi_gpu?")
+    assert proc.stderr.startswith("error: no launch recipe 'multi-gpu'; did you mean 'multi_gpu'?")
     assert all(name in proc.stderr for name in ("cpu", "single_gpu", "multi_node", "torchrun.sh"))
 
 
