@@ -52,6 +52,7 @@ def _tiny_archive(path: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # about 2 minutes alone; the whole GPU flow, so more on a loaded machine
 def test_dry_run_from_a_fresh_copy_with_a_bare_python(tmp_path):
     clone = _fresh_copy(tmp_path / "clone")
     python = _bare_python(tmp_path / "bare")
