@@ -42,8 +42,8 @@ class OptimConfig:
                 "static graph and resuming are unchanged; BatchNorm statistics still adapt)"})
     layer_decay: float | None = field(default=None, metadata={
         "help": "fine-tuning: layer-wise lr decay through timm's param_groups_layer_decay: the head keeps lr, each "
-                "earlier layer group (the model's group_matcher) gets layer_decay times the next; 1-d parameters "
-                "then have no weight decay"})
+                "earlier layer group (the model's group_matcher) gets layer_decay times the next (times "
+                "backbone_lr_scale)"})
 
     def __post_init__(self):
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
