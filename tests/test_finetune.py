@@ -64,6 +64,7 @@ def same(a, b):
 # ---------------------------------------------------------------------------------------------- starting weights
 
 
+@pytest.mark.slow  # three epochs of training
 def test_a_five_class_run_fine_tuned_onto_ten_classes_frozen_then_resumed(five, tmp_path, capsys):
     images, source_run = five
     source, _ = load_weights(source_run / "model_best.safetensors")
@@ -151,6 +152,7 @@ def test_pretrained_from_a_timm_folder_local_dir(five, tmp_path):
     assert origin["classifier_reset"] and origin["source"] == f"local-dir:{tmp_path / 'export'}"
 
 
+@pytest.mark.slow  # an 11M-parameter model's epoch and files
 def test_any_timm_model_by_name_resnet18(five, tmp_path):
     images, _ = five
     run = tmp_path / "r18"
