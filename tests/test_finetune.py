@@ -5,7 +5,6 @@ a frozen backbone, layer-wise decay, and the one-line errors for weights that do
 Runs are tiny (8x8 images, a few dozen of them, 1-2 epochs), so the file stays a few tens of seconds on two CPU cores.
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
