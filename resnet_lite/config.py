@@ -40,7 +40,20 @@ WANDB_MODES = ("auto", "online", "offline", "disabled")
 class TrainConfig:
     name: str | None = field(default=None, metadata={
         "help": "run name: prefix of the default output folder and the W&B run; null -> the preset or the model"})
-    model: str = field(default="lite_r4b2", metadata={"help": "any name resnet_lite.create_model knows"})
+    model: str = field(default="lite_r4b2", metadata={
+        "help": "any name resnet_lite.create_model knows: a lite model, any timm model (resnet18, ...), "
+                "hf-hub:ORG/NAME or local-dir:FOLDER"})
+    pretrained: bool = field(default=False, metadata={
+        "help": "start from the weights timm's pretrained config of `model` names (its Hugging Face hub or URL "
+                "weights; hf-hub:/local-dir: models' own), or from pretrained_path; a new number of classes gets a "
+                "new classifier"})
+    pretrained_path: str | None = field(default=None, metadata={
+        "help": "with pretrained: a local .safetensors/.pth file timm loads in place of the published weights "
+                "(timm's --pretrained-path: pretrained_cfg_overlay=dict(file=...))"})
+    initial_checkpoint: str | None = field(default=None, metadata={
+        "help": "start from these weights: a .safetensors or .pth file (a state_dict, a seed-notebook "
+                "best_model.pth, a timm or resnet_lite checkpoint) or a run directory (its model_best, else "
+                "model_last); a new number of classes gets a new classifier. --resume never reloads it"})
     drop_rate: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
     epochs: int = field(default=70, metadata={"help": "passes over the training split"})
     batch_size: int = field(default=128, metadata={
@@ -105,6 +118,11 @@ class TrainConfig:
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
         check_tta(self.tta)
+        if self.pretrained_path and not self.pretrained:
+            raise UserError(f"pretrained_path={self.pretrained_path} is read only with pretrained=true; set it, or "
+                            f"use initial_checkpoint={self.pretrained_path}")
+        if self.pretrained and self.initial_checkpoint:
+            raise UserError("pretrained=true and initial_checkpoint both choose the starting weights; keep one")
 
 
 # ---------------------------------------------------------------------------------------------- dict <-> dataclass

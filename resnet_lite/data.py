@@ -30,7 +30,7 @@ from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 
 SPECS = "cifar10 | cifar100 | imagefolder:PATH | synthetic"
 HOLDOUT_SEED = 0  # fixed, so the held-out images are the same whatever the training seed
-CACHE_VERSION = 1  # bump when the decoded-cache format changes
+CACHE_VERSION = 2  # bump when the decoded-cache format or decoding changes (2: centre crop, not a squash)
 POOL_MIN_IMAGES = 4096  # below this, decoding in this process beats starting workers
 
 
@@ -40,7 +40,8 @@ class DataConfig:
     root: str | None = field(default=None, metadata={
         "help": "download/cache dir; null -> $RESNET_LITE_DATA or the user cache dir"})
     image_size: int | None = field(default=None, metadata={
-        "help": "resize imagefolder images to this square size; null = all must share one size"})
+        "help": "imagefolder images to this square size: the shorter side resized, the centre cut out (as timm's "
+                "eval transform and predict do); null = all must share one size"})
     holdout: int = field(default=0, metadata={
         "help": "training images held out (fixed-seed permutation) as a `val` split for model selection"})
     download: bool = field(default=True, metadata={"help": "download CIFAR when it is not in root yet"})

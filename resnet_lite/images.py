@@ -1,6 +1,8 @@
 """Image files: which files count as images and how one becomes pixels. Training on an image folder
-(resnet_lite.data) and prediction on image files (resnet_lite.predict) both read through here, so a model sees
-the same pixels in both."""
+(resnet_lite.data, with data.image_size) and prediction on image files (resnet_lite.predict) both read through
+decode(), so a model sees the same pixels in both: the shorter side resized and the centre cut out, as timm's eval
+transform does."""
+import math
 import os
 from pathlib import Path
 
@@ -26,11 +28,24 @@ def list_images(folder, extensions=None) -> list[str]:
             for name in sorted(names) if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions]
 
 
-def decode(path: str | Path, size: int | None = None) -> np.ndarray:
-    """uint8 H x W x 3 RGB pixels of an image file, resized to size x size with PIL's bilinear filter when `size` is
-    given (and differs). Raises one of IMAGE_ERRORS when the file cannot be read as an image."""
+def decode(path: str | Path, size: int | None = None, crop_pct: float = 1.0) -> np.ndarray:
+    """uint8 H x W x 3 RGB pixels of an image file; with `size`, size x size as timm's eval transform makes them
+    (resolve_data_config + create_transform: torchvision's Resize of the shorter side to floor(size / crop_pct) with
+    PIL's bilinear filter, then CenterCrop(size)), so the aspect ratio is kept, never squashed. Raises one of
+    IMAGE_ERRORS when the file cannot be read as an image."""
     with Image.open(path) as img:
         img = img.convert("RGB")
-        if size and img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+        if size:
+            img = _resize_center_crop(img, size, crop_pct)
         return np.asarray(img)
+
+
+def _resize_center_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Image:
+    scale = math.floor(size / crop_pct)
+    w, h = img.size
+    long = int(scale * max(w, h) / min(w, h))  # torchvision's rounding of the longer side
+    new = (scale, long) if w <= h else (long, scale)
+    if new != img.size:
+        img = img.resize(new, Image.BILINEAR)
+    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    return img.crop((left, top, left + size, top + size)) if (new[0], new[1]) != (size, size) else img

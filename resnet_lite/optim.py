@@ -4,6 +4,9 @@
     scheduler = build_scheduler(optimizer, ScheduleConfig("onecycle", warmup_epochs=1), steps_per_epoch, epochs)
     ... optimizer.step(); scheduler.step()     # once per optimizer step, never per epoch
 
+Fine-tuning: the classifier (timm's get_classifier) keeps `lr`; the rest ("the backbone") gets backbone_lr_scale times
+it, timm's layer-wise decay on top (layer_decay), and lr 0 for the first freeze_epochs.
+
 `lr` is used as given: no scaling with batch size or process count happens behind the user's back.
 """
 import math
@@ -13,7 +16,7 @@ import torch
 
 from .errors import UserError
 
-__all__ = ["OptimConfig", "ScheduleConfig", "build_optimizer", "build_scheduler", "lr_factor",
+__all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler", "lr_factor",
            "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -31,6 +34,16 @@ class OptimConfig:
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "adam/adamw"})
     no_decay_norm_bias: bool = field(default=False, metadata={
         "help": "no weight decay on 1-d parameters: norm weights and biases"})
+    backbone_lr_scale: float = field(default=1.0, metadata={
+        "help": "fine-tuning: the learning rate of everything but the classifier (timm's get_classifier), as a "
+                "fraction of lr; the classifier keeps lr"})
+    freeze_epochs: int = field(default=0, metadata={
+        "help": "fine-tuning: epochs at the start in which only the classifier learns (the rest has lr 0, so DDP's "
+                "static graph and resuming are unchanged; BatchNorm statistics still adapt)"})
+    layer_decay: float | None = field(default=None, metadata={
+        "help": "fine-tuning: layer-wise lr decay through timm's param_groups_layer_decay: the head keeps lr, each "
+                "earlier layer group (the model's group_matcher) gets layer_decay times the next (times "
+                "backbone_lr_scale)"})
 
     def __post_init__(self):
         if self.lr <= 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
@@ -40,6 +53,11 @@ class OptimConfig:
             raise UserError(f"optim.betas={list(self.betas)} must both be in [0, 1)")
         if self.nesterov and self.name == "sgd" and self.momentum == 0:
             raise UserError("optim.nesterov=true needs optim.momentum > 0")
+        if self.backbone_lr_scale <= 0 or self.freeze_epochs < 0:
+            raise UserError(f"optim.backbone_lr_scale={self.backbone_lr_scale} must be > 0 and "
+                            f"optim.freeze_epochs={self.freeze_epochs} >= 0")
+        if self.layer_decay is not None and not 0 < self.layer_decay <= 1:
+            raise UserError(f"optim.layer_decay={self.layer_decay} must be in (0, 1] (or null for none)")
 
 
 @dataclass
@@ -66,18 +84,50 @@ class ScheduleConfig:
             raise UserError("schedule seed_cosine has no warm-up; set schedule.warmup_epochs=0 or use cosine/onecycle")
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, no_decay_norm_bias: bool) -> list[dict]:
-    """One group, or two with weight decay 0 for 1-d parameters (norm weights, biases), as timm's rule."""
+def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes ('fc.') of the classifier(s) timm's get_classifier() returns."""
+    heads = model.get_classifier() if hasattr(model, "get_classifier") else ()
+    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
+    return tuple(f"{name}." for name, m in model.named_modules() if name and any(m is h for h in heads))
+
+
+def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:
+    """timm's weight-decay (and, with layer_decay, lr_scale) groups: 1-d parameters without decay when asked."""
+    if cfg.layer_decay is not None:
+        from timm.optim import param_groups_layer_decay
+
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        return param_groups_layer_decay(model, cfg.weight_decay, skip, weight_decay_exclude_1d=cfg.no_decay_norm_bias,
+                                        layer_decay=cfg.layer_decay)
     params = [p for p in model.parameters() if p.requires_grad]
-    if not (no_decay_norm_bias and weight_decay):
-        return [{"params": params, "weight_decay": weight_decay}]
-    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+    if not (cfg.no_decay_norm_bias and cfg.weight_decay):
+        return [{"params": params, "weight_decay": cfg.weight_decay}]
+    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": cfg.weight_decay},
             {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+
+
+def param_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:
+    """The optimizer's groups, each with its `lr` (cfg.lr * its scale) and `weight_decay`; with any fine-tuning
+    option, each group is all classifier (`backbone` False) or all the rest (True), and the classifier's come first,
+    so param_groups[0]['lr'] (what the engine logs) is the classifier's, the largest."""
+    groups = _decay_groups(model, cfg)
+    if not (cfg.backbone_lr_scale != 1 or cfg.freeze_epochs or cfg.layer_decay is not None):
+        return [dict(g, lr=cfg.lr) for g in groups]
+    head = {id(p) for name, p in model.named_parameters() if name.startswith(classifier_prefixes(model))}
+    split = []
+    for g in groups:
+        for backbone in (False, True):
+            params = [p for p in g["params"] if (id(p) not in head) == backbone]
+            scale = g.get("lr_scale", 1.0) * (cfg.backbone_lr_scale if backbone else 1.0)
+            if params:
+                split.append({"params": params, "weight_decay": g["weight_decay"], "lr": cfg.lr * scale,
+                              "backbone": backbone})
+    return sorted(split, key=lambda g: (g["backbone"], -g["lr"]))
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer for `model`'s parameters; fused kernels when they all live on CUDA."""
-    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_norm_bias)
+    groups = param_groups(model, cfg)
     fused = all(p.is_cuda for g in groups for p in g["params"]) or None
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
@@ -106,6 +156,16 @@ def lr_factor(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
     return factor
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
-    """A LambdaLR to step once per optimizer step; its state_dict holds the step count for resuming."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch, epochs))
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: ScheduleConfig, steps_per_epoch: int, epochs: int,
+                    freeze_epochs: int = 0):
+    """A LambdaLR to step once per optimizer step; its state_dict holds the step count for resuming. Each group
+    follows the schedule from its own lr; `backbone` groups (param_groups) stay at lr 0 for the first
+    `freeze_epochs`: their parameters do not move, while DDP and the optimizer keep seeing every one of them."""
+    factor = lr_factor(cfg, steps_per_epoch, epochs)
+    frozen = freeze_epochs * steps_per_epoch
+
+    def backbone(step: int) -> float:
+        return 0.0 if step < frozen else factor(step)
+
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, [backbone if g.get("backbone") and frozen else factor for g in optimizer.param_groups])

@@ -3,8 +3,9 @@
     python -m resnet_lite.predict runs/m5 cat.jpg dog.png           # a table
     python -m resnet_lite.predict runs/m5 photos/ --top-k 3 --json  # every image under photos/, as JSON on stdout
 
-Any format and size PIL reads: each image is converted to RGB and resized to the model's input size with PIL's
-bilinear filter, as resnet_lite.data prepares imagefolder datasets. The logits go through the run's own test-time
+Any format and size PIL reads: each image is converted to RGB, its shorter side resized to the model's input size with
+PIL's bilinear filter and the centre cut out, as timm's resolve_data_config + eval transform do (crop_pct 1, or a timm
+folder's own) and as resnet_lite.data prepares imagefolder datasets with data.image_size. The logits go through the run's own test-time
 augmentation level (its config's tta; --tta to choose) before the softmax, as in evaluate. Directories are searched recursively for files
 with an image extension. A file that cannot be read is reported on stderr and the others are still predicted.
 Exit status: 0 when at least one image was predicted; 2 (with a one-line error) when none could be.
@@ -39,9 +40,9 @@ def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, problems
 
 
-def read_image(path, size: int) -> torch.Tensor:
+def read_image(path, size: int, crop_pct: float = 1.0) -> torch.Tensor:
     """uint8 3 x size x size, decoded as for training (resnet_lite.images.decode). Raises one of IMAGE_ERRORS."""
-    return torch.from_numpy(decode(path, size).copy()).permute(2, 0, 1)
+    return torch.from_numpy(decode(path, size, crop_pct).copy()).permute(2, 0, 1)
 
 
 @torch.no_grad()
@@ -64,7 +65,7 @@ def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
         names, images = [], []
         for path in files[start : start + batch_size]:
             try:
-                images.append(read_image(path, run.image_size))
+                images.append(read_image(path, run.image_size, run.meta.get("crop_pct", 1.0)))
                 names.append(str(path))
             except IMAGE_ERRORS as e:
                 problems.append((str(path), f"cannot be read as an image ({e})"))

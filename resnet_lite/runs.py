@@ -59,7 +59,8 @@ def _timm_folder(folder: Path) -> tuple[dict, dict]:
         pre = cfg["pretrained_cfg"]
         meta = {"model": cfg["architecture"], "num_classes": cfg["num_classes"], "in_chans": pre["input_size"][0],
                 "image_size": pre["input_size"][-1], "classes": cfg.get("label_names") or
-                [str(i) for i in range(cfg["num_classes"])], "mean": pre["mean"], "std": pre["std"]}
+                [str(i) for i in range(cfg["num_classes"])], "mean": pre["mean"], "std": pre["std"],
+                "crop_pct": pre.get("crop_pct") or 1.0}
     except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
         raise UserError(f"{folder / 'config.json'} is not a timm model config ({type(e).__name__}: {e}); "
                         f"give {RUN_OR_WEIGHTS}") from None

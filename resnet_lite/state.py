@@ -6,6 +6,8 @@ A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable
     config                                    the resolved TrainConfig as a dict
     classes                                   the class names the model was trained on
     world_size                                processes that wrote it
+    initial_weights                           where the run's starting weights came from (resnet_lite.pretrained),
+                                              None from scratch; a resume keeps it for the summary
     rng                                       the main process's generators (rng_state)
     ranks                                     per process, rank_extras(): its partial-epoch loss and image count, rng
                                               and BatchNorm buffers of [model, ema], which differ between processes

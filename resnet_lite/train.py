@@ -7,6 +7,8 @@
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m resnet_lite.train --data synthetic --epochs 2
     python -m resnet_lite.train --variant model5 --data synthetic --epochs 3 optim.lr=0.02 schedule.name=onecycle
     python -m resnet_lite.train --output-dir runs/m5 --resume        # continue runs/m5 from its newest checkpoint, or start it
+    python -m resnet_lite.train --model resnet18 --pretrained --data imagefolder:PATH data.image_size=224 --lr 1e-3
+    python -m resnet_lite.train --initial-checkpoint runs/m5 --data cifar100 optim.freeze_epochs=1   # fine-tune a run
     python -m resnet_lite.train --list                               # the presets
 
 --batch-size is GLOBAL: images per optimizer step over all processes; with N processes each takes batch_size / N
@@ -78,6 +80,13 @@ def build_parser() -> ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="any setting as a dotted override, e.g. optim.weight_decay=5e-4 schedule.name=onecycle")
     p.add_argument("--variant", metavar="PRESET", help="a preset from configs/ (model0..model8: the seed's Table 1)")
+    p.add_argument("--model", metavar="NAME", help="the network (model): a lite model or any timm model, e.g. resnet18")
+    p.add_argument("--pretrained", action="store_true", default=None,
+                   help="start from the model's published weights through timm (pretrained=true)")
+    p.add_argument("--pretrained-path", metavar="FILE",
+                   help="a local weights file timm loads in place of the published ones (pretrained_path; implies --pretrained)")
+    p.add_argument("--initial-checkpoint", metavar="PATH",
+                   help="start from these weights: a .safetensors/.pth file or a run directory (initial_checkpoint)")
     p.add_argument("--config", metavar="FILE", help="a YAML file of settings")
     p.add_argument("--data", metavar="SPEC", help=f"dataset: {SPECS} (default cifar10)")
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
@@ -129,7 +138,9 @@ def main(argv=None):
     if isinstance(args.resume, str) and "=" in args.resume and not Path(args.resume).exists():
         args.overrides.insert(0, args.resume)  # `--resume optim.lr=0.1`: argparse took the override for the path
         args.resume = True
-    flags = {"data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
+    flags = {"model": args.model, "pretrained": True if args.pretrained or args.pretrained_path else None,
+             "pretrained_path": args.pretrained_path, "initial_checkpoint": args.initial_checkpoint,
+             "data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
              "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb": args.wandb}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
     found = None

@@ -34,6 +34,7 @@ from .files import read_metrics, write_json, write_metrics, write_yaml
 from .loggers import Progress, log_wandb_final, print_final, wandb_mode
 from .models import count_params, create_model
 from .optim import build_optimizer, build_scheduler
+from .pretrained import initial_model, pretrained_source, resolve_weights_file
 from .plots import plot_curves
 from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
 from .state import TrainState, rank_extras, restore_rank_extras, rng_state, set_rng_state
@@ -59,6 +60,8 @@ class Trainer:
         self.wandb_mode, self.wandb_hint = wandb_mode(cfg.wandb)
         checkpoint = load_checkpoint(resume) if resume else None
         self.run_dir = self._run_dir(cfg)
+        if cfg.initial_checkpoint and not checkpoint:  # config.yaml names the very file (a run directory's best)
+            cfg = dataclasses.replace(cfg, initial_checkpoint=str(resolve_weights_file(cfg.initial_checkpoint)))
         self.cfg = cfg = dataclasses.replace(cfg, output_dir=str(self.run_dir))
         self._check_inputs(checkpoint)
         set_seed(cfg.seed)
@@ -96,6 +99,8 @@ class Trainer:
             raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
         with torch.device("meta"):  # an unknown model fails now, not after a download
             create_model(cfg.model)
+        if cfg.pretrained and not checkpoint:
+            pretrained_source(cfg.model, cfg.pretrained_path)  # models without weights, a missing file
         if checkpoint and checkpoint["config"]["model"] != cfg.model:
             raise UserError(f"checkpoint {resume} is of {checkpoint['config']['model']}, not {cfg.model}; resume with "
                             f"the run's own model, or start a new run in another --output-dir")
@@ -121,13 +126,20 @@ class Trainer:
 
     def _build_model(self, checkpoint: dict | None) -> None:
         cfg, resume = self.cfg, self.resume
-        model = create_model(cfg.model, num_classes=self.num_classes, in_chans=3, drop_rate=cfg.drop_rate)
-        self.params = count_params(model)
         if checkpoint and checkpoint.get("classes", self.ds.classes) != self.ds.classes:
             raise UserError(f"checkpoint {resume} was trained on {len(checkpoint['classes'])} classes, the data "
                             f"{cfg.data.spec} has {self.num_classes} ({', '.join(self.ds.classes[:5])}...); resume "
                             f"with the run's own data, or start a new run in another --output-dir")
+        with self.accelerator.main_process_first():  # one download of pretrained weights, the others then read it
+            # a resumed run restores its own weights: the starting ones are neither downloaded nor loaded again
+            model, self.initial_weights = initial_model(
+                cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **({} if checkpoint else dict(
+                    pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
+                    initial_checkpoint=cfg.initial_checkpoint)))
+        self.architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or cfg.model
+        self.params = count_params(model)
         if checkpoint:
+            self.initial_weights = checkpoint.get("initial_weights")
             try:
                 model.load_state_dict(checkpoint["model"])
             except RuntimeError as e:
@@ -149,7 +161,7 @@ class Trainer:
     def _build_loop(self) -> None:
         cfg, accelerator = self.cfg, self.accelerator
         optimizer = build_optimizer(self.model, cfg.optim)
-        scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs)
+        scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs, cfg.optim.freeze_epochs)
         prepared, optimizer = accelerator.prepare(self.model, optimizer)  # not the loaders: they shard themselves
         # prepare() wraps model.forward in a new autocast object per run, and torch.compile guards on that object's
         # identity, so every later run in a process recompiled (a sweep, benchmarks/time_to_accuracy.py); the loops
@@ -194,7 +206,7 @@ class Trainer:
     def _start_logging(self) -> None:
         cfg, state = self.cfg, self.state
         self.progress = Progress(self.is_main, cfg.epochs, self.steps_per_epoch)
-        self.meta = {"model": cfg.model, "num_classes": self.num_classes, "in_chans": 3, "image_size": self.image_size,
+        self.meta = {"model": self.architecture, "num_classes": self.num_classes, "in_chans": 3, "image_size": self.image_size,
                      "classes": self.ds.classes, "mean": list(self.ds.mean), "std": list(self.ds.std),
                      "ema": cfg.ema.enabled}
         if self.is_main:
@@ -206,6 +218,8 @@ class Trainer:
                 f"{self.accelerator.mixed_precision}; {self.ds.name}: {len(self.ds.train)} train / {len(self.ds.test)} "
                 f"test images; global batch {cfg.batch_size}, {self.steps_per_epoch} steps per epoch; {where}; run "
                 f"directory {self.run_dir}")
+            if self.initial_weights and not self.resume:
+                self.progress.print(f"initial weights: {self.initial_weights['source']}; {self.initial_weights['note']}")
             if self.wandb_hint:
                 self.progress.print(self.wandb_hint)
         if self.wandb_mode != "disabled":
@@ -301,6 +315,7 @@ class Trainer:
             "scheduler": loop.scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
             "ema": self.ema.module.state_dict() if self.ema is not None else None, "config": to_dict(self.cfg),
             "classes": list(self.ds.classes), "world_size": self.world, "rng": rng_state(), "ranks": ranks,
+            "initial_weights": self.initial_weights,
             **position.state_dict(),
         }, self.run_dir / CHECKPOINT_DIR, self.cfg.keep_checkpoints, state.best_step)
 
@@ -339,7 +354,7 @@ class Trainer:
             "per_class_acc": dict(zip(ds.classes, result["per_class"])), "params": self.params,
             "world_size": self.world, "eval_samples": result["samples"], "total_seconds": state.elapsed,
             "mixed_precision": self.accelerator.mixed_precision, "devices": gather_object([_device_name(self.device)]),
-            "versions": _versions(), "ema": cfg.ema.enabled, "tta": cfg.tta,
+            "versions": _versions(), "ema": cfg.ema.enabled, "tta": cfg.tta, "initial_weights": self.initial_weights,
         }
         if self.val_loader is not None:  # model_best.safetensors is the best epoch on the held-out split
             last_val = next((r["val_acc"] for r in reversed(self.rows) if r.get("val_acc") is not None), None)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image
 
 from resnet_lite.data import DataConfig, load_data
@@ -46,7 +46,7 @@ def test_png_files_of_test_images_get_the_models_probabilities(tiny_run, test_sp
     assert not torch.allclose(_probs(run, images, 0), _probs(run, images, 1), atol=1e-3)  # so the level was checked
 
 
-def test_any_size_and_format_is_resized_like_torchvision_resize_on_pil(tiny_run, tmp_path):
+def test_any_size_and_format_is_resized_and_cropped_like_timms_eval_transform(tiny_run, tmp_path):
     run = load_run(tiny_run)
     rng = np.random.default_rng(0)
     files = {"wide.jpg": (60, 100), "tall.png": (90, 30), "small.bmp": (5, 7), "anim.gif": (16, 16), "big.webp": (300, 400)}
@@ -54,10 +54,12 @@ def test_any_size_and_format_is_resized_like_torchvision_resize_on_pil(tiny_run,
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
     Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), mode="L").save(tmp_path / "grey.png")
     results, problems = predict(run, sorted(tmp_path.iterdir()), top_k=10)
+    timm_eval = timm.data.create_transform(input_size=(3, 8, 8), crop_pct=1.0, interpolation="bilinear",
+                                           normalize=False)  # a shorter-side resize and a centre crop, not a squash
     assert problems == [] and len(results) == len(files) + 1
     for r in results:
-        with Image.open(r["file"]) as img:  # the independent reference: torchvision's Resize on the PIL image
-            reference = TF.pil_to_tensor(TF.resize(img.convert("RGB"), [8, 8], TF.InterpolationMode.BILINEAR))
+        with Image.open(r["file"]) as img:  # the independent reference: timm's eval transform at the run's size
+            reference = timm_eval(img.convert("RGB"))
         assert torch.equal(read_image(r["file"], 8), reference)
         probs = _probs(run, reference[None])[0]
         assert [t["probability"] for t in r["top"]] == pytest.approx(probs.sort(descending=True).values.tolist(), abs=1e-6)

@@ -200,7 +200,8 @@ def _weights_given(kwargs):
 def _create_lite_resnet(variant, pretrained=False, **kwargs):
     if pretrained and not _weights_given(kwargs):
         raise UserError(f"no pretrained weights are published for {variant}; train one with "
-                        f"`python -m resnet_lite.train`, or pass checkpoint_path=... to load your own")
+                        f"`python -m resnet_lite.train`, or load your own: pretrained_cfg_overlay=dict(file=...) "
+                        f"(train's --pretrained-path) or checkpoint_path=...")
     # features_only: every level (stem + each stage) by default; timm's default (0..4) would drop lite_r5b2's last
     feature_cfg = dict(out_indices=tuple(range(len(kwargs["layers"]) + 1)))
     return build_model_with_cfg(LiteResNet, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
@@ -233,7 +234,17 @@ def list_models(pattern="lite_*"):
 
 
 def create_model(name, pretrained=False, **kwargs):
-    """`timm.create_model` with a one-line error for an unknown name. kwargs: num_classes, in_chans, drop_rate, ..."""
+    """`timm.create_model` with a one-line error for an unknown name. kwargs: num_classes, in_chans, drop_rate, ...
+    Names may also be timm's `hf-hub:ORG/NAME` and `local-dir:FOLDER` (a model described by its config.json)."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        try:
+            return timm.create_model(name, pretrained=pretrained, **kwargs)
+        except UserError:
+            raise
+        except Exception as e:  # no network, no such repository or folder, a config.json timm cannot read
+            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            raise UserError(f"cannot create model {name} ({type(e).__name__}: {reason}); check the name, the "
+                            f"folder or the network") from None
     if not timm.is_model(name):
         hint = (did_you_mean(name, list_models("lite_*"), n=3, cutoff=0.3) or did_you_mean(name, timm.list_models(), n=3)
                 or "see `python -m resnet_lite.models`")

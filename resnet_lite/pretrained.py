@@ -1,0 +1,146 @@
+"""Starting from weights instead of from scratch: timm's pretrained mechanisms, or an initial checkpoint.
+
+    model, origin = initial_model("resnet18", num_classes=10, pretrained=True)                  # timm's hub/url weights
+    model, origin = initial_model("lite_r4b2", 10, pretrained=True, pretrained_path="w.safetensors")  # timm loads a file
+    model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # model_best, else model_last, of a run
+
+Files are read by timm's own load_state_dict (safetensors or torch files; a `state_dict`/`model` entry of a
+checkpoint, its EMA first; DDP/torch.compile prefixes removed), so a seed-notebook best_model.pth, a timm or resnet_lite
+checkpoint and a plain state_dict all load. When only the classifier (timm's get_classifier) differs, as with another
+number of classes, the model keeps a new one (reset_classifier); any other difference is a UserError naming the
+first key that differs. `origin` says where the weights came from, for the run's summary.
+"""
+import hashlib
+from pathlib import Path
+
+import timm
+import torch
+
+from .errors import UserError
+from .models import create_model
+from .optim import classifier_prefixes
+
+__all__ = ["initial_model", "resolve_weights_file", "read_state_dict", "fit_state_dict", "pretrained_source"]
+
+RUN_WEIGHTS = ("model_best.safetensors", "model_last.safetensors", "model.safetensors")  # a run's, a timm folder's
+
+
+def resolve_weights_file(path) -> Path:
+    """The file `path` names: itself, or a run directory's model_best (else model_last), or a timm folder's weights."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = next((path / name for name in RUN_WEIGHTS if (path / name).is_file()), None)
+        if found is None:
+            raise UserError(f"{path} holds no {' or '.join(RUN_WEIGHTS)}; give a weights file, or a run directory "
+                            f"that has finished an epoch")
+        return found
+    raise UserError(f"initial weights {path} do not exist; give a .safetensors or .pth file or a run directory")
+
+
+def read_state_dict(path: Path) -> dict:
+    """The tensors of a weights file, as timm reads them; a UserError when it cannot be read as one."""
+    try:
+        state_dict = timm.models.load_state_dict(str(path))
+    except Exception as e:  # not a weights file, truncated, pickled objects weights_only refuses
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {reason}); give a .safetensors or "
+                        f".pth state_dict") from None
+    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+        raise UserError(f"{path} holds no state_dict of tensors; give a .safetensors or .pth state_dict")
+    return state_dict
+
+
+def fit_state_dict(model: torch.nn.Module, state_dict: dict, source, name: str) -> int | None:
+    """Check `state_dict` against `model`: None when it loads as it is; the weights' number of classes when only the
+    classifier differs (0: they have none). Anything else: a UserError naming the first key that differs."""
+    head = classifier_prefixes(model)
+    ours = model.state_dict()
+    for key, tensor in ours.items():
+        if key.startswith(head):
+            continue
+        if key not in state_dict:
+            raise UserError(f"{source} does not fit {name}: it has no {key}; give weights of {name}")
+        if state_dict[key].shape != tensor.shape:
+            raise UserError(f"{source} does not fit {name}: {key} is {list(state_dict[key].shape)} there, "
+                            f"{list(tensor.shape)} in the model; give weights of {name}")
+    for key in state_dict:
+        if key not in ours and not key.startswith(head):
+            raise UserError(f"{source} does not fit {name}: {key} is not in the model; give weights of {name}")
+    theirs = {k: v.shape for k, v in state_dict.items() if k.startswith(head)}
+    if theirs == {k: v.shape for k, v in ours.items() if k.startswith(head)}:
+        return None
+    weight = next((shape for key, shape in theirs.items() if key.endswith(".weight")), None)
+    return weight[0] if weight is not None else 0
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def pretrained_source(name: str, pretrained_path=None) -> str:
+    """Where pretrained=true would load `name`'s weights from; a UserError when nowhere."""
+    if pretrained_path:
+        return str(resolve_weights_file(pretrained_path))
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return name
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False) if timm.is_model(name) else None
+    source = cfg and (f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url or cfg.file)
+    if not source:
+        raise UserError(f"no pretrained weights are published for {name}; give pretrained_path=FILE "
+                        f"(--pretrained-path), or initial_checkpoint=RUN_DIR_OR_FILE instead of pretrained")
+    return source
+
+
+def _note(classes: int | None, num_classes: int, head: tuple) -> str:
+    if classes is None:
+        return "classifier loaded"
+    had = f"the weights have {classes} classes" if classes else "the weights have no classifier"
+    return f"classifier {', '.join(h.rstrip('.') for h in head)} re-initialised for {num_classes} classes ({had})"
+
+
+def initial_model(name: str, num_classes: int, pretrained: bool = False, pretrained_path=None,
+                  initial_checkpoint=None, **kwargs) -> tuple[torch.nn.Module, dict | None]:
+    """(model, origin): `name` for `num_classes` classes, from pretrained weights or an initial checkpoint when asked.
+    origin: None (random init), else {"source", "sha256" (files), "classifier_reset", "note"}."""
+    if initial_checkpoint:
+        path = resolve_weights_file(initial_checkpoint)
+        state_dict = read_state_dict(path)
+        model = create_model(name, num_classes=num_classes, **kwargs)
+        classes = fit_state_dict(model, state_dict, path, name)
+        head = classifier_prefixes(model)
+        model.load_state_dict(state_dict if classes is None else
+                              {k: v for k, v in state_dict.items() if not k.startswith(head)}, strict=classes is None)
+        if classes is not None:
+            model.reset_classifier(num_classes)
+        return model, _origin(str(path), _sha256(path), classes, num_classes, head)
+    if not pretrained:
+        return create_model(name, num_classes=num_classes, **kwargs), None
+    source = pretrained_source(name, pretrained_path)
+    overlay, classes = None, None
+    if pretrained_path:  # checked here, since timm loads a file without a matching classifier non-strictly
+        with torch.device("meta"):
+            probe = create_model(name, num_classes=num_classes, **kwargs)
+        classes = fit_state_dict(probe, read_state_dict(Path(source)), source, name)
+        # the file's own class count, so that timm adapts the classifier exactly when it differs
+        overlay = dict(file=source, num_classes=num_classes if classes is None else classes)
+    try:
+        model = create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs)
+    except UserError:
+        raise
+    except Exception as e:  # no network, no such hub repository, weights of another architecture
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"cannot load the pretrained weights of {name} from {source} ({type(e).__name__}: {reason}); "
+                        f"check the network or the name, or give pretrained_path=FILE") from None
+    if not pretrained_path:
+        published = model.pretrained_cfg.get("num_classes")
+        classes = None if published in (None, num_classes) else published
+    sha = _sha256(Path(source)) if pretrained_path else None
+    return model, _origin(source, sha, classes, num_classes, classifier_prefixes(model))
+
+
+def _origin(source: str, sha256: str | None, classes: int | None, num_classes: int, head: tuple) -> dict:
+    origin = {"source": source, "classifier_reset": classes is not None, "note": _note(classes, num_classes, head)}
+    return origin | ({"sha256": sha256} if sha256 else {})
