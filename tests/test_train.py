@@ -133,6 +133,24 @@ def test_run_leaves_every_artifact(short_run):
         assert img.format == "PNG" and img.size[0] > img.size[1] > 200
 
 
+def test_curves_have_whole_epoch_ticks_and_a_learning_rate_panel(short_run):
+    from resnet_lite.plots import curves_figure
+
+    out, cfg, summary = short_run
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    factor = lr_factor(cfg.schedule, 8, cfg.epochs)
+    schedule = [(s / 8, cfg.optim.lr * factor(s)) for s in range(25)]
+    fig = curves_figure(rows, "run", schedule)
+    acc, loss, lr = fig.axes
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(t == int(t) for t in ticks), ticks  # epoch 1, 2, 3: never 1.5
+    assert lr.get_title() == "learning rate"
+    planned, last = lr.get_lines()
+    assert list(planned.get_ydata()) == [v for _, v in schedule] and list(last.get_ydata()) == [r["lr"] for r in rows]
+
+
 @pytest.mark.parametrize("which, key", [("best", "best_test_acc"), ("last", "final_test_acc")])
 def test_weights_rebuild_the_model_and_its_accuracy(short_run, which, key):
     """Only the file: its metadata names the model, classes and preprocessing; the accuracy is the recorded one."""
@@ -257,6 +275,7 @@ def test_plain_progress_lines_for_log_files(monkeypatch, capsys):
         if not enabled:
             assert lines == []  # what a non-main process prints
     assert lines[0].startswith("epoch 1/3 step 1/2 loss 2.0000 lr 1.00e-02") and "img/s eta" in lines[0]
+    assert lines[0].split()[-3:-1] == ["run", "eta"]  # the whole run's: 5 of its 6 steps left
     assert lines[2].split() == ["epoch", "train", "loss", "test", "loss", "test", "acc", "lr", "time", "img/s"]
     assert lines[3].split() == ["1/3", "1.5000", "1.2500", "50.00%", "1.00e-02", "2.0s", "100"]
 

@@ -1,7 +1,7 @@
 """W&B and the console, read back from the real thing: one offline run on a pseudo-terminal (so the rich bar draws
 as it does for a person at a terminal), decoded from its .wandb file into wandb's own protobuf records. No mock.
 
-The run: synthetic 8x8 images, 2 epochs of 8 steps, an EMA and flip TTA (so the evaluated model is not the trained
+The run: synthetic 8x8 images, 2 epochs of 4 steps, an EMA and flip TTA (so the evaluated model is not the trained
 one), wandb.log_every_steps=3, wandb.log_model=true, names from settings and from wandb's environment variables.
 """
 import base64
@@ -27,12 +27,12 @@ from resnet_lite.loggers import WandbConfig, wandb_settings
 from resnet_lite.optim import ScheduleConfig, lr_factor
 from resnet_lite.tta import TTA
 
-STEPS_PER_EPOCH, EPOCHS, EVERY, LR = 8, 2, 3, 0.005
+STEPS_PER_EPOCH, EPOCHS, EVERY, LR = 4, 2, 3, 0.005
 RUN = ["--data", "synthetic", "--epochs", str(EPOCHS), "--batch-size", "32", "--lr", str(LR), "--wandb", "offline",
-       "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64",
+       "data.synthetic_train=128", "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64",
        "ema.enabled=true", "ema.decay=0.9", "tta=1", f"wandb.log_every_steps={EVERY}", "wandb.log_model=true",
        "wandb.name=tiny", "wandb.tags=cifar, smoke", "wandb.group=trust"]
-DATA = DataConfig("synthetic", synthetic_train=256, synthetic_test=64, image_size=8)
+DATA = DataConfig("synthetic", synthetic_train=128, synthetic_test=64, image_size=8)
 
 
 def _on_a_terminal(cmd, env, cwd) -> tuple[int, str]:
@@ -115,7 +115,7 @@ def test_config_is_the_resolved_one_with_what_the_run_measured(offline_run):
     assert config["mixed_precision"] == "no"  # what ran, not "auto"
     assert None not in config["augment"].values() and config["augment"]["flip"] is True  # the seed preset, filled in
     assert config["params"] == 2_799_146 and config["world_size"] == 1 and config["steps_per_epoch"] == STEPS_PER_EPOCH
-    assert config["dataset"] == {"name": "synthetic", "train": 256, "test": 64, "val": 0, "classes": 10, "image_size": 8}
+    assert config["dataset"] == {"name": "synthetic", "train": 128, "test": 64, "val": 0, "classes": 10, "image_size": 8}
     assert set(config["versions"]) == {"resnet_lite", "torch", "timm", "accelerate", "python"}
     assert config["wandb"]["log_every_steps"] == EVERY and config["model"] == cfg.model
 
@@ -124,13 +124,13 @@ def test_history_has_per_step_loss_and_lr_and_per_epoch_metrics(offline_run):
     out, terminal, kinds = offline_run
     rows = [_items(r.history.item) for r in kinds["history"]]
     steps = [r for r in rows if "train/loss" in r]
-    assert [r["_step"] for r in steps] == list(range(EVERY, EPOCHS * STEPS_PER_EPOCH + 1, EVERY))  # 3, 6, ..., 15
+    assert [r["_step"] for r in steps] == list(range(EVERY, EPOCHS * STEPS_PER_EPOCH + 1, EVERY))  # 3, 6
     factor = lr_factor(ScheduleConfig(), STEPS_PER_EPOCH, EPOCHS)
     for r in steps:  # the lr the step used, and the mean loss of the steps since the previous row
         assert r["train/lr"] == pytest.approx(LR * factor(r["_step"] - 1), rel=1e-9)
         assert math.isfinite(r["train/loss"]) and 0 < r["train/loss"] < 20
     epochs = [r for r in rows if "test_acc" in r]
-    assert [(r["epoch"], r["_step"]) for r in epochs] == [(1, 8), (2, 16)]
+    assert [(r["epoch"], r["_step"]) for r in epochs] == [(1, 4), (2, 8)]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["test_acc"] for r in epochs] == [m["test_acc"] for m in metrics]
     assert [r["_step"] for r in rows] == sorted(r["_step"] for r in rows)  # none dropped for a step out of order
