@@ -31,8 +31,8 @@ WANDB_ENV = {"project": ("WANDB_PROJECT", "resnet_lite"), "entity": ("WANDB_ENTI
 @dataclass
 class WandbConfig:
     mode: str = field(default="auto", metadata={
-        "choices": WANDB_MODES, "help": "auto: $WANDB_MODE when set, else online when logged in to W&B, else disabled "
-                                        "(--wandb MODE sets it)"})
+        "choices": WANDB_MODES, "help": "auto follows $WANDB_MODE when set, else is online when logged in to W&B and "
+                                        "disabled otherwise (--wandb MODE sets it)"})
     project: str | None = field(default=None, metadata={"help": "null -> $WANDB_PROJECT, else resnet_lite"})
     entity: str | None = field(default=None, metadata={"help": "team or user; null -> $WANDB_ENTITY, else yours"})
     name: str | None = field(default=None, metadata={"help": "the run's name; null -> $WANDB_NAME, else the run directory's"})

@@ -214,3 +214,20 @@ def test_older_wandb_settings_still_read(old, mode, project, tmp_path):
     for cfg in (resolve_config(file=tmp_path / "old.yaml"), resolve_config(base=old),
                 resolve_config(overrides=[f"{k}={v}" for k, v in old.items()])):
         assert (cfg.wandb.mode, cfg.wandb.project) == (mode, project)
+
+
+@pytest.mark.slow
+def test_a_sweeps_runs_share_a_group(tmp_path):
+    """A real one-preset sweep, offline: its run's W&B group is the sweep folder's name."""
+    out = tmp_path / "study"
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_DIR=str(tmp_path / "wandb-default"), WANDB_SILENT="true")
+    for key in ("WANDB_MODE", "WANDB_RUN_GROUP", "RANK"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "--output-dir", str(out), "--epochs", "1", "--data",
+           "synthetic", "--batch-size", "64", "--wandb", "offline", "data.synthetic_train=128", "data.synthetic_test=64",
+           "data.image_size=8", "eval_batch_size=64"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (log,) = (out / "model5").glob("wandb/offline-run-*/run-*.wandb")
+    (run,) = [r.run for r in read_wandb_records(log) if r.WhichOneof("record_type") == "run"]
+    assert run.run_group == "study"
