@@ -147,6 +147,8 @@ def main(argv=None):
     checkpoint = found[0] if found else None
     overwrite = args.overwrite
     if found:  # the run's own config, changed only by what this command line sets explicitly
+        if args.overwrite:
+            raise UserError(f"--resume continues {checkpoint} but --overwrite would start its run again; give one of them")
         run_model = found[1]["config"]["model"]
         if (args.variant or args.config) and cfg.model != run_model:
             source = f"--variant {args.variant}" if args.variant else f"--config {args.config}"

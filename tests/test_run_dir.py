@@ -113,6 +113,12 @@ def test_resume_of_a_finished_run_without_checkpoints_is_refused(finished, tmp_p
     assert "holds a finished run (summary.json) but no checkpoint to continue" in err
 
 
+def test_resume_and_overwrite_together_is_refused(finished, capsys):
+    before = _snapshot(finished)
+    err = _error(capsys, ["--output-dir", str(finished), "--resume", "--overwrite"])
+    assert "but --overwrite would start its run again; give one of them" in err and _snapshot(finished) == before
+
+
 @pytest.mark.parametrize("source", ["--variant", "--config"])
 def test_resume_with_another_model_is_refused(source, finished, tmp_path, capsys):
     (tmp_path / "r5.yaml").write_text("model: lite_r5b2\n")
