@@ -244,14 +244,14 @@ def define_wandb_metrics(run, has_val: bool) -> None:
 
 class StepLog:
     """The train loss (mean over the steps since the previous row or the epoch's start, this process's batches) and
-    the lr every `every`
-    optimizer steps, to `log(values, step=)`. Each row's loss is read from the device when the next row is due (or at
-    flush(), an epoch's end), long after it was computed, so the host never waits for the device on its account."""
+    the lr every `every` optimizer steps, to `log(values, step=)`. Each row's loss is read from the device when the
+    next row is due (or at flush(), an epoch's end), long after it was computed, so the host never waits for the
+    device on its account."""
 
     def __init__(self, log, every: int):
         self.log, self.every = log, every
-        self.pending = None  # (step, lr, device tensor of [loss_sum, images] for the row, a CUDA event or None)
-        self.mark = None  # (loss_sum, seen) at the previous row
+        self.pending = None  # (step, lr, the row's mean loss: a tensor copied behind the step's kernels, its CUDA event)
+        self.mark = None  # (loss_sum, images) at the previous row, on the device
 
     def __call__(self, step: int, loss_sum, seen: int, lr: float) -> None:
         if not self.every or step % self.every:
@@ -263,8 +263,10 @@ class StepLog:
         self.mark = (loss_sum.detach().clone(), seen)
         value, event = window[0] / max(window[1], 1), None
         if value.is_cuda:
-            value = value.to("cpu", non_blocking=True)
-            event = __import__("torch").cuda.Event()
+            import torch
+
+            value = value.to("cpu", non_blocking=True)  # into pinned memory, as StopCheck's numbers
+            event = torch.cuda.Event()
             event.record()
         self.pending = (step, lr, value, event)
 
