@@ -15,7 +15,8 @@
 A run directory (--output-dir, default runs/<preset or model>-<YYYYmmdd-HHMMSS>) holds config.yaml (resolved),
 metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and model_last.safetensors (the plain
 model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.checkpoint)
-and, with W&B on, wandb/.
+and, with W&B on, wandb/. A directory that already holds a run is an error unless --resume continues it or --overwrite
+replaces it; config.yaml leaves output_dir null, so `--config runs/x/config.yaml` starts a new run elsewhere.
 
 Stopping and resuming: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 (Slurm's warning) lets the current step finish, saves a
 checkpoint and exits 75; all processes stop after the same step. A second signal ends the process at once. `--resume`
