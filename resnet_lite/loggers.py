@@ -7,7 +7,6 @@ it evaluates) and a table row per epoch; when stdout is a file or a pipe it is p
 progress every PLAIN_EVERY seconds and one line per epoch. W&B: WandbConfig, the run's names (wandb_settings), its
 summary metrics, per-step rows (StepLog), the final media and the model artifacts.
 """
-import math
 import netrc
 import os
 import sys
@@ -18,7 +17,7 @@ from urllib.parse import urlparse
 
 from .errors import UserError
 
-__all__ = ["WandbConfig", "WANDB_MODES", "Progress", "StepLog", "fmt_time", "wandb_mode", "wandb_init_kwargs",
+__all__ = ["WandbConfig", "WANDB_MODES", "Progress", "StepLog", "fmt_time", "wandb_mode", "wandb_settings",
            "define_wandb_metrics", "log_wandb_final", "log_wandb_model", "print_final"]
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
