@@ -76,14 +76,14 @@ def subset_imagefolder(root: Path, n_train: int, n_test: int, dest: Path) -> Pat
 
 def _run_in_process(cfg) -> tuple[dict, list[dict]]:
     with contextlib.redirect_stdout(io.StringIO()):  # keep the trainer's tables out of the benchmark's output
-        summary = train(cfg)
+        summary = train(cfg, overwrite=True)  # a measured run starts afresh, also in the --out of an earlier call
     return summary, read_metrics(Path(cfg.output_dir) / "metrics.jsonl")
 
 
 def _run_subprocess(preset, overrides, out, timeout) -> tuple[dict | None, list[dict]]:
     """A separate `python -m resnet_lite.train`; when it outlives `timeout` it is stopped and its epochs so far count."""
     cmd = [sys.executable, "-m", "resnet_lite.train", *(["--variant", preset] if preset else []), *overrides,
-           f"output_dir={out}"]
+           f"output_dir={out}", "--overwrite"]
     with open(Path(out).parent / f"{Path(out).name}.log", "w") as log:
         try:
             subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=timeout, check=True)

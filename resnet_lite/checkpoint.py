@@ -21,7 +21,7 @@ from .hooks import crash_point
 from .state import REQUIRED
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint", "resumable_checkpoint",
-           "save_weights", "load_weights", "CHECKPOINT_DIR"]
+           "save_weights", "load_weights", "run_of", "CHECKPOINT_DIR"]
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
@@ -64,6 +64,12 @@ def save_checkpoint(state: dict, directory, keep: int, best_step: int | None = N
         tmp.unlink(missing_ok=True)  # only the main process writes here, and its own write has been renamed
     crash_point("saved", step)
     return path
+
+
+def run_of(checkpoint) -> Path:
+    """The run directory a checkpoint file belongs to."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
 
 
 def find_checkpoint(path) -> Path | None:

@@ -25,6 +25,7 @@ from .data import DataConfig
 from .ema import EMAConfig
 from .engine import DDPConfig
 from .errors import UserError, did_you_mean
+from .loggers import WANDB_MODES, WandbConfig
 from .optim import OptimConfig, ScheduleConfig
 from .shipped import shipped
 from .tta import check_tta
@@ -33,7 +34,6 @@ __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "
            "parse_override", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
-WANDB_MODES = ("auto", "online", "offline", "disabled")
 
 
 @dataclass
@@ -75,9 +75,6 @@ class TrainConfig:
         "help": "test-time augmentation at every evaluation: 0 none, 1 flip, 2 flip + 1-pixel translate (airbench)"})
     drop_last: bool = field(default=False, metadata={
         "help": "skip each epoch's final partial batch (fixed shapes: no recompile under torch.compile)"})
-    wandb: str = field(default="auto", metadata={
-        "choices": WANDB_MODES, "help": "auto: online when logged in to W&B, else disabled"})
-    wandb_project: str = field(default="resnet_lite", metadata={"help": "the W&B project"})
     checkpoint_every_steps: int = field(default=0, metadata={
         "help": "optimizer steps between checkpoints; 0 = at epoch ends only"})
     checkpoint_every_epochs: int = field(default=1, metadata={
@@ -102,6 +99,8 @@ class TrainConfig:
         "help": "evaluate (and save) an average of the weights (resnet_lite.ema)"})
     ddp: DDPConfig = field(default_factory=DDPConfig, metadata={
         "help": "DistributedDataParallel with more than one process (resnet_lite.engine)"})
+    wandb: WandbConfig = field(default_factory=WandbConfig, metadata={
+        "help": "Weights & Biases logging (resnet_lite.loggers); a plain string is read as wandb.mode"})
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "keep_checkpoints"):
@@ -177,10 +176,26 @@ def _convert(value, tp, key):
     raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix it in the config or override")
 
 
+def _upgrade(data: dict) -> dict:
+    """The settings of older configs, checkpoints and run directories under their names now: `wandb: MODE` (a string)
+    is wandb.mode, `wandb_project` is wandb.project."""
+    if not isinstance(data.get("wandb", {}), str) and "wandb_project" not in data:
+        return data
+    data = dict(data)
+    wandb = data.pop("wandb", None)
+    wandb = {"mode": wandb} if isinstance(wandb, str) else dict(wandb or {})
+    if "wandb_project" in data:
+        wandb.setdefault("project", data.pop("wandb_project"))
+    data["wandb"] = wandb
+    return data
+
+
 def from_dict(cls, data: dict, prefix: str = ""):
     """An instance of dataclass `cls` from a nested dict; missing keys keep their defaults."""
     if not isinstance(data, dict):
         raise UserError(f"{prefix.rstrip('.') or 'the config'} must be a mapping of settings, got {data!r}")
+    if cls is TrainConfig:
+        data = _upgrade(data)
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     values = {}
@@ -368,6 +383,8 @@ def _merge(base: dict, layer: dict, source: str, prefix: str = "", cls=TrainConf
     """`layer` deep-merged over `base`; keys are checked against `cls` so errors can name the layer's source."""
     if not isinstance(layer, dict):
         raise UserError(f"{prefix.rstrip('.') or 'the config'} in {source} must be a mapping, got {layer!r}")
+    if cls is TrainConfig:
+        base, layer = _upgrade(base), _upgrade(layer)
     hints = typing.get_type_hints(cls)
     out = dict(base)
     for key, value in layer.items():

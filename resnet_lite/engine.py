@@ -141,6 +141,7 @@ class Loop:
     ema: object | None = None  # timm ModelEmaV3, or None
     ema_cfg: EMAConfig | None = None
     after_step: Callable | None = None  # a test hook (resnet_lite.hooks.step_hook), None in real runs
+    step_log: Callable | None = None  # (step, loss_sum on the device, images, lr) after each step: loggers.StepLog
 
 
 @dataclass
@@ -192,6 +193,8 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
         seen += n
         trained += n * world
         progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
+        if loop.step_log:
+            loop.step_log(state.step, loss_sum, seen, lr)
         if loop.after_step:
             loop.after_step(state.step)
         last = batch + 1 == steps

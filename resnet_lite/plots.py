@@ -1,9 +1,9 @@
-"""The figures a run directory gets: training curves (curves.png) and the confusion matrix (confusion.png)."""
+"""The figures a run directory gets: training curves and the lr (curves.png) and the confusion matrix (confusion.png)."""
 import torch
 
 from .files import atomic_write
 
-__all__ = ["plot_curves", "plot_confusion"]
+__all__ = ["plot_curves", "curves_figure", "plot_confusion"]
 
 MAX_LABELLED_CLASSES = 20  # class names and counts drawn on the confusion matrix up to this many classes
 
@@ -22,24 +22,41 @@ def _save(fig, path) -> None:
     _pyplot().close(fig)
 
 
-def plot_curves(rows: list[dict], path, title: str = "") -> None:
-    """Test accuracy and train loss per epoch, as the seed report's figures."""
+def plot_curves(rows: list[dict], path, title: str = "", schedule: list[tuple] | None = None) -> None:
+    """Test accuracy, train (and test) loss and the learning rate per epoch, on whole-number epoch ticks.
+
+    schedule: (epoch as a fraction, lr) points of the planned per-step schedule, drawn under the lr of each epoch's
+    last step (rows' "lr")."""
+    _save(curves_figure(rows, title, schedule), path)
+
+
+def curves_figure(rows: list[dict], title: str = "", schedule: list[tuple] | None = None):
+    """The matplotlib figure plot_curves saves: axes accuracy, loss, learning rate."""
     plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [r["epoch"] for r in rows]
     evaluated = [r for r in rows if r["test_acc"] is not None]
-    fig, (ax_acc, ax_loss) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_acc, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4))
     ax_acc.plot([r["epoch"] for r in evaluated], [100 * r["test_acc"] for r in evaluated], marker=".")
     ax_acc.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy")
-    ax_acc.grid(alpha=0.3)
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    ax_loss.plot([r["epoch"] for r in evaluated], [r["test_loss"] for r in evaluated], label="test")
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker=".", label="train")
+    ax_loss.plot([r["epoch"] for r in evaluated], [r["test_loss"] for r in evaluated], marker=".", label="test")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    ax_loss.grid(alpha=0.3)
     ax_loss.legend()
+    if schedule:
+        ax_lr.plot(*zip(*schedule), label="schedule (per step, as now set)")
+    ax_lr.plot(epochs, [r["lr"] for r in rows], ".", label="last step of each epoch")
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax_lr.legend()
+    for ax in (ax_acc, ax_loss, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))  # epoch 1, 2, 3, not 1.25
+        ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    return fig
 
 
 def plot_confusion(confusion: torch.Tensor, classes: list[str], path, title: str = "") -> None:

@@ -9,7 +9,8 @@ Each preset runs `python -m resnet_lite.train --variant PRESET --output-dir OUTP
 (prefixed by --launcher when given) with its console in OUTPUT_DIR/PRESET/train.log. A run with a summary.json is done
 and skipped; one with checkpoints continues from its newest, so after an interruption (Ctrl-C, a lost node) the same
 command finishes the study. The flags and KEY=VALUE overrides apply to every run (to change a finished run, remove its
-folder or use another --output-dir). --gpus runs one preset per listed GPU at a time (CUDA_VISIBLE_DEVICES).
+folder or use another --output-dir). --gpus runs one preset per listed GPU at a time (CUDA_VISIBLE_DEVICES). With
+W&B on, the runs share one group, OUTPUT_DIR's name (unless wandb.group= or $WANDB_RUN_GROUP says otherwise).
 After every run, OUTPUT_DIR gets results.md and results.csv (the seed's Table 1 columns beside the measured best and
 final accuracy, epochs, time and parameters) and results.png (every run's test accuracy per epoch in one figure).
 """
@@ -278,7 +279,7 @@ def main(argv=None):
     if len(set(presets)) != len(presets):
         raise UserError(f"a preset is listed twice in {' '.join(presets)}")
     flags = {"data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
-             "wandb": args.wandb}
+             "wandb.mode": args.wandb}
     for preset in presets:  # every mistake in the settings shows now, not hours into the sweep
         resolve_config(preset, flags=flags, overrides=overrides)
     gpus = _gpus(args.gpus)
@@ -288,6 +289,8 @@ def main(argv=None):
         if value is not None:
             train_args += [flag, str(value)]
     settings = shlex.join(train_args + overrides)
+    if not any(o.startswith("wandb.group=") for o in overrides) and not os.environ.get("WANDB_RUN_GROUP"):
+        overrides.append(f"wandb.group={Path(args.output_dir).resolve().name}")  # the study's runs shown together
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         rows = run_sweep(presets, args.output_dir, train_args + overrides, gpus, args.launcher, settings,

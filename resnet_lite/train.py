@@ -17,7 +17,8 @@
 A run directory (--output-dir, default runs/<preset or model>-<YYYYmmdd-HHMMSS>) holds config.yaml (resolved),
 metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and model_last.safetensors (the plain
 model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.checkpoint)
-and, with W&B on, wandb/.
+and, with W&B on, wandb/. A directory that already holds a run is an error unless --resume continues it or --overwrite
+replaces it; config.yaml leaves output_dir null, so `--config runs/x/config.yaml` starts a new run elsewhere.
 
 Stopping and resuming: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 (Slurm's warning) lets the current step finish, saves a
 checkpoint and exits 75; all processes stop after the same step. A second signal ends the process at once. `--resume`
@@ -42,7 +43,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import CHECKPOINT_DIR, resumable_checkpoint
+from .checkpoint import resumable_checkpoint, run_of
 from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
 from .data import SPECS
 from .engine import accelerator_session, resolve_mixed_precision
@@ -55,8 +56,11 @@ from .trainer import Trainer
 __all__ = ["train", "main"]
 
 
-def train(cfg: TrainConfig, resume=None) -> dict:
+def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
     """Train as `cfg` says, continuing from the checkpoint file `resume` when given. Returns the summary.
+
+    An output_dir that already holds a run is an error (UserError) unless `resume` continues it or `overwrite`
+    replaces it (its run files are removed once the inputs are checked).
 
     Raises Preempted after a stop signal (a checkpoint was saved: resume it) and NonFiniteLoss (nothing was saved after
     the last good checkpoint); both end every process at the same step."""
@@ -65,7 +69,7 @@ def train(cfg: TrainConfig, resume=None) -> dict:
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision), log_with="wandb" if logging else None,
             # the batch size is global: Accelerate would step a prepared scheduler once per process
             step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
-        return Trainer(cfg, accelerator, resume, stop_flag).fit()
+        return Trainer(cfg, accelerator, resume, stop_flag, overwrite=overwrite).fit()
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -95,10 +99,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
-    p.add_argument("--wandb", choices=["online", "offline", "disabled"], help="W&B logging (default: online if logged in)")
+    p.add_argument("--wandb", choices=["online", "offline", "disabled"], metavar="MODE",
+                   help="W&B logging: online, offline or disabled (wandb.mode; default: online if logged in)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR_OR_CHECKPOINT",
                    help="continue a run with its own config, changed only by the flags and overrides given with it; "
                         "without a value: the newest checkpoint in --output-dir, or a fresh start if there is none")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --output-dir that holds one, removing that run's files (without it, "
+                        "such a directory is an error: continue it with --resume or choose another)")
     p.add_argument("--list", action="store_true", help="print the presets as a table and exit")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved settings as YAML (what the run's config.yaml holds) and exit without training")
@@ -125,10 +133,6 @@ def print_presets() -> None:
     Console(width=None if sys.stdout.isatty() else 120).print(table)
 
 
-def _run_of(checkpoint: Path) -> Path:
-    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
-
-
 @cli
 def main(argv=None):
     args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after flags
@@ -141,7 +145,7 @@ def main(argv=None):
     flags = {"model": args.model, "pretrained": True if args.pretrained or args.pretrained_path else None,
              "pretrained_path": args.pretrained_path, "initial_checkpoint": args.initial_checkpoint,
              "data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
-             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb": args.wandb}
+             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
     found = None
     if args.resume is True:
@@ -153,16 +157,29 @@ def main(argv=None):
         if found is None:
             raise UserError(f"no checkpoint at {args.resume}; give a run directory with checkpoints/ or a .pt file")
     checkpoint = found[0] if found else None
+    overwrite = args.overwrite
     if found:  # the run's own config, changed only by what this command line sets explicitly
-        flags["output_dir"] = args.output_dir or str(_run_of(checkpoint))
+        if args.overwrite:
+            raise UserError(f"--resume continues {checkpoint} but --overwrite would start its run again; give one of them")
+        run_model = found[1]["config"]["model"]
+        if (args.variant or args.config) and cfg.model != run_model:
+            source = f"--variant {args.variant}" if args.variant else f"--config {args.config}"
+            raise UserError(f"{source} trains {cfg.model} but the run resumed from {checkpoint} trains {run_model}; "
+                            f"resume without it (the run keeps its own config), or start a new run in another --output-dir")
+        flags["output_dir"] = args.output_dir or str(run_of(checkpoint))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
-    elif args.resume and not args.print_config:
-        _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
+    elif args.resume:
+        if (Path(cfg.output_dir) / "summary.json").is_file() and not args.overwrite:
+            raise UserError(f"{cfg.output_dir} holds a finished run (summary.json) but no checkpoint to continue; "
+                            f"choose another --output-dir, or pass --overwrite to train it again")
+        overwrite = True  # what a run killed before its first checkpoint left (config.yaml, metrics.jsonl) goes
+        if not args.print_config:
+            _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     try:
-        train(cfg, resume=checkpoint)
+        train(cfg, resume=checkpoint, overwrite=overwrite)
     except Preempted as e:
         _print_main(str(e))
         sys.exit(EXIT_PREEMPTED)

@@ -24,14 +24,16 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 
 from . import __version__, hooks
 from .augment import build_augment, build_normalize
-from .checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, save_checkpoint, save_weights
-from .config import TrainConfig, to_dict
+from .augment import resolve as resolve_augment
+from .checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, run_of, save_checkpoint, save_weights
+from .config import TrainConfig, to_dict, to_yaml
 from .data import DeviceLoader, load_data
 from .ema import build_ema
 from .engine import EpochResult, Loop, average_bn_stats, evaluate_loader, train_one_epoch
 from .errors import UserError
-from .files import read_metrics, write_json, write_metrics, write_yaml
-from .loggers import Progress, log_wandb_final, print_final, wandb_mode
+from .files import read_metrics, write_json, write_metrics, write_text
+from .loggers import (Progress, StepLog, define_wandb_metrics, log_wandb_final, log_wandb_model, print_final,
+                      wandb_mode, wandb_settings)
 from .models import count_params, create_model
 from .optim import build_optimizer, build_scheduler
 from .pretrained import initial_model, pretrained_source, resolve_weights_file
@@ -52,8 +54,11 @@ class Trainer:
     fit() returns the summary; it raises Preempted after a stop signal (a checkpoint was saved: resume it) and
     NonFiniteLoss (nothing was saved after the last good checkpoint); both end every process at the same step."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, resume=None, stop_flag: StopFlag | None = None):
-        self.accelerator, self.resume = accelerator, resume
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, resume=None, stop_flag: StopFlag | None = None,
+                 overwrite: bool = False):
+        """overwrite: start a new run in an output_dir that holds one (its files are removed once the inputs are
+        checked); without it such a directory is an error, unless `resume` continues it."""
+        self.accelerator, self.resume, self.overwrite = accelerator, resume, overwrite
         self.stop_flag = stop_flag or StopFlag()
         self.rank, self.world, self.device = accelerator.process_index, accelerator.num_processes, accelerator.device
         self.is_main = accelerator.is_main_process
@@ -68,7 +73,7 @@ class Trainer:
         self._load_data()
         self._build_model(checkpoint)
         self._build_loop()
-        self.state, self.rows = TrainState(), []
+        self.state, self.rows, self.schedule_note = TrainState(), [], None
         if checkpoint:
             self._restore(checkpoint)
         self._start_logging()
@@ -76,15 +81,26 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ building
 
     def _run_dir(self, cfg: TrainConfig) -> Path:
-        if cfg.output_dir:
-            return Path(cfg.output_dir)
-        name = [None]
-        if self.is_main:  # one clock decides, or ranks straddling a second would disagree
-            base = f"runs/{cfg.name or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-            name[0] = next(p for i in itertools.count() if not Path(p := base if i == 0 else f"{base}-{i}").exists())
+        """The run directory, the same on every process; a UserError on all of them when it holds a run this one would
+        replace. The main process decides both (one clock, one look at the folder: a process that looked after the
+        main one wrote config.yaml would refuse alone and leave the others waiting)."""
+        decision = [None, None]  # (directory, what of a run it holds)
+        if self.is_main:
+            if cfg.output_dir:
+                decision[0] = cfg.output_dir
+                elsewhere = self.resume is not None and Path(cfg.output_dir).resolve() != run_of(self.resume).resolve()
+                if (self.resume is None or elsewhere) and not self.overwrite:  # a resume into another run's folder too
+                    decision[1] = held_run(Path(cfg.output_dir))
+            else:
+                base = f"runs/{cfg.name or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+                decision[0] = next(p for i in itertools.count() if not Path(p := base if i == 0 else f"{base}-{i}").exists())
         if self.world > 1:
-            broadcast_object_list(name)
-        return Path(name[0])
+            broadcast_object_list(decision)
+        run_dir, held = decision
+        if held:
+            raise UserError(f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume, choose "
+                            f"another --output-dir, or pass --overwrite to replace it")
+        return Path(run_dir)
 
     def _check_inputs(self, checkpoint: dict | None) -> None:
         """The mistakes that need no data: a launcher Accelerate cannot see, settings this machine cannot run, an
@@ -192,6 +208,7 @@ class Trainer:
         if self.accelerator.scaler is not None and checkpoint["scaler"] is not None:
             self.accelerator.scaler.load_state_dict(checkpoint["scaler"])
         self.state.load_state_dict(checkpoint)
+        self.schedule_note = self._restretch(checkpoint["config"])
         ranks = checkpoint.get("ranks") or ()
         if len(ranks) == self.world:  # each process its own; resumed on another process count: the main process's
             loss, images = restore_rank_extras(ranks[self.rank], self._per_rank_modules())
@@ -200,17 +217,40 @@ class Trainer:
             set_rng_state(checkpoint["rng"])
         self.rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.state.epoch]
 
+    def _restretch(self, saved: dict) -> str | None:
+        """A resume with another epochs (or steps per epoch) than the checkpoint's: the schedule is a function of the
+        run's whole length, so it now spans the new one, from this step's value on. The restored optimizer holds the
+        old schedule's lr for the next step; set the new one, and say so (None: nothing changed)."""
+        scheduler, step = self.loop.scheduler, self.state.step
+        groups = self.loop.optimizer.param_groups
+        new = [base * f(step) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        old = groups[0]["lr"]
+        if all(g["lr"] == lr for g, lr in zip(groups, new)):
+            return None
+        for group, lr in zip(groups, new):
+            group["lr"] = lr
+        scheduler._last_lr = new
+        return (f"the {self.cfg.schedule.name} schedule now spans {self.cfg.epochs} epochs ({self.cfg.epochs * self.steps_per_epoch} "
+                f"steps; it spanned {saved['epochs']} when saved): the learning rate goes from {old:.3g} to {new[0]:.3g} "
+                f"at step {step} and follows the new length from there")
+
     def _per_rank_modules(self) -> list:
         return [self.model, self.ema.module if self.ema is not None else None]
 
     def _start_logging(self) -> None:
         cfg, state = self.cfg, self.state
-        self.progress = Progress(self.is_main, cfg.epochs, self.steps_per_epoch)
+        self.progress = Progress(self.is_main, cfg.epochs, self.steps_per_epoch, done_steps=state.step)
         self.meta = {"model": self.architecture, "num_classes": self.num_classes, "in_chans": 3, "image_size": self.image_size,
                      "classes": self.ds.classes, "mean": list(self.ds.mean), "std": list(self.ds.std),
                      "ema": cfg.ema.enabled}
+        self.step_log = StepLog(lambda values, step: None, 0)
+        if self.wandb_mode != "disabled":  # first: its console log then starts with the lines below
+            self._start_wandb()
+        self.loop.step_log = self.step_log
         if self.is_main:
-            write_yaml(to_dict(cfg), self.run_dir / "config.yaml")
+            if self.overwrite and self.resume is None and (removed := clear_run(self.run_dir)):
+                self.progress.print(f"starting over in {self.run_dir}: removed the earlier run's {', '.join(removed)}")
+            write_text(self.run_dir / "config.yaml", CONFIG_HEADER + to_yaml(dataclasses.replace(cfg, output_dir=None)))
             write_metrics(self.rows, self.run_dir / "metrics.jsonl")
             where = f"resuming {self.resume} at epoch {state.epoch + 1} step {state.step}" if self.resume else "starting"
             self.progress.print(
@@ -220,13 +260,34 @@ class Trainer:
                 f"directory {self.run_dir}")
             if self.initial_weights and not self.resume:
                 self.progress.print(f"initial weights: {self.initial_weights['source']}; {self.initial_weights['note']}")
+            if self.schedule_note:
+                self.progress.print(f"note: {self.schedule_note}")
             if self.wandb_hint:
                 self.progress.print(self.wandb_hint)
-        if self.wandb_mode != "disabled":
-            state.wandb_id = state.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resume continues it
-            self.accelerator.init_trackers(cfg.wandb_project, config=to_dict(cfg), init_kwargs={"wandb": {
-                "dir": str(self.run_dir), "mode": self.wandb_mode, "name": self.run_dir.name, "id": state.wandb_id,
-                "resume": "allow"}})
+
+    def _start_wandb(self) -> None:
+        """The W&B run (main process; a resume continues it): the resolved config and what the run measured of itself,
+        best values in the summary, a history row every wandb.log_every_steps steps; no console redraws (Progress)."""
+        import wandb
+
+        cfg, state = self.cfg, self.state
+        state.wandb_id = state.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resume continues it
+        names = wandb_settings(cfg.wandb, self.run_dir)
+        ds = self.ds
+        config = dict(to_dict(dataclasses.replace(cfg, mixed_precision=self.accelerator.mixed_precision)),
+                      augment=to_dict(resolve_augment(cfg.augment)))
+        config.update(params=self.params, world_size=self.world, steps_per_epoch=self.steps_per_epoch,
+                      dataset={"name": ds.name, "train": len(ds.train), "test": len(ds.test),
+                               "val": len(ds.val) if ds.val is not None else 0, "classes": self.num_classes,
+                               "image_size": self.image_size},
+                      device=_device_name(self.device), versions=_versions())
+        self.accelerator.init_trackers(names.pop("project"), config=config, init_kwargs={"wandb": dict(
+            names, dir=str(self.run_dir), mode=self.wandb_mode, id=state.wandb_id, resume="allow",
+            settings=wandb.Settings(console="wrap"))})  # wraps sys.stdout: not the bar's copy
+        if self.is_main:
+            run = self.accelerator.get_tracker("wandb", unwrap=True)
+            define_wandb_metrics(run, self.val_loader is not None)
+            self.step_log = StepLog(self.accelerator.log, cfg.wandb.log_every_steps)
 
     # ------------------------------------------------------------------------------------------ running
 
@@ -238,6 +299,7 @@ class Trainer:
         self.t_start, last_curves = time.perf_counter(), time.perf_counter()
         for epoch in range(state.epoch, cfg.epochs):
             t_epoch = time.perf_counter()
+            self.step_log.start_epoch()
             done = train_one_epoch(self.loop, state, epoch, self.train_loader, self.progress, self.check,
                                    save=lambda batch, loss_sum, images: self.save(epoch, batch, loss_sum, images),
                                    stop=lambda stop, saved: self.stop(stop, saved, epoch))
@@ -250,11 +312,12 @@ class Trainer:
                     save_weights(self.evaluated.state_dict(), self.run_dir / "model_best.safetensors",
                                  dict(self.meta, epoch=epoch + 1))
                 if time.perf_counter() - last_curves > CURVES_EVERY:
-                    plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name)
+                    plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name, self._schedule())
                     last_curves = time.perf_counter()
             state.epoch, state.batch, state.train_loss_sum, state.train_images = epoch + 1, 0, 0.0, 0
             every, last = cfg.checkpoint_every_epochs, epoch + 1 == cfg.epochs
             saved = self.save(epoch + 1, 0, 0.0, 0) if last or (every and (epoch + 1) % every == 0) else None
+            self.step_log.flush()  # its rows come first: W&B drops a row whose step is below the last one's
             self.accelerator.log({k: v for k, v in row.items() if v is not None}, step=state.step)
             self.progress.end_epoch(row)
             if not last and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
@@ -263,6 +326,12 @@ class Trainer:
         self.progress.close()
         state.elapsed += time.perf_counter() - self.t_start
         return self._finish()
+
+    def _schedule(self) -> list[tuple[float, float]]:
+        """The planned lr of the run's steps (up to ~500 points), as (epoch, lr), for curves.png."""
+        scheduler, total = self.loop.scheduler, self.cfg.epochs * self.steps_per_epoch
+        base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
+        return [(s / self.steps_per_epoch, base * factor(s)) for s in range(0, total + 1, max(total // 500, 1))]
 
     def _evaluate(self, loader: DeviceLoader) -> dict:
         return evaluate_loader(self.evaluator, loader, self.normalize, self.num_classes, self.accelerator,
@@ -274,6 +343,7 @@ class Trainer:
         evaluated = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
         val = None
         if evaluated:
+            self.progress.evaluating()
             if self.world > 1 and not cfg.sync_bn:
                 average_bn_stats(self.evaluated, self.accelerator)
             self.result = self._evaluate(self.test_loader)
@@ -365,20 +435,54 @@ class Trainer:
             save_weights(self.evaluated.state_dict(), self.run_dir / "model_last.safetensors",
                          dict(self.meta, epoch=len(self.rows)))
             write_json(summary, self.run_dir / "summary.json")
-            plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name)
+            plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name, self._schedule())
             if self.wandb_mode != "disabled":
-                self._log_wandb_final(result)
+                self._log_wandb_final(result, summary)
             print_final(summary, ds.classes)
         return summary
 
-    def _log_wandb_final(self, result: dict) -> None:
+    def _log_wandb_final(self, result: dict, summary: dict) -> None:
+        """Sample predictions of what the evaluation ran (EMA weights, TTA), its confusion matrix, the curves, and with
+        wandb.log_model the weights."""
         images, labels = self.ds.test.images[:WANDB_SAMPLES], self.ds.test.labels[:WANDB_SAMPLES]
+        x = self.normalize(images.to(self.device))
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        was_training = self.evaluated.training
         with torch.no_grad(), self.accelerator.autocast():
-            self.model.eval()
-            probs = self.model(self.normalize(images.to(self.device))).float().softmax(1).cpu()
+            self.evaluated.eval()
+            probs = self.evaluator(x).float().softmax(1).cpu()
+        self.evaluated.train(was_training)
         samples = [(image, label, int(p.argmax()), float(p.max())) for image, label, p in zip(images, labels.tolist(), probs)]
-        log_wandb_final(self.accelerator.get_tracker("wandb", unwrap=True), self.run_dir / "curves.png",
-                        result["confusion"], self.ds.classes, samples)
+        run = self.accelerator.get_tracker("wandb", unwrap=True)
+        log_wandb_final(run, self.run_dir / "curves.png", result["confusion"], self.ds.classes, samples)
+        if self.cfg.wandb.log_model:
+            log_wandb_model(run, self.run_dir, {k: summary[k] for k in ("model", "best_test_acc", "best_epoch",
+                                                                       "final_test_acc", "epochs", "steps")})
+
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "model_best.safetensors", "model_last.safetensors",
+             "curves.png")  # what a run writes beside checkpoints/ (held_run looks for the first three)
+CONFIG_HEADER = ("# the resolved settings of the run in this folder; output_dir is left out (null) so that the file can "
+                 "serve as\n# --config for a new run without pointing back here (continue this one with --resume)\n")
+
+
+def held_run(run_dir: Path) -> list[str]:
+    """What of a run `run_dir` holds (config.yaml, metrics.jsonl, summary.json, checkpoints/): empty when none."""
+    held = [name for name in RUN_FILES[:3] if (run_dir / name).is_file()]
+    return held + [f"{CHECKPOINT_DIR}/"] * bool(list_checkpoints(run_dir / CHECKPOINT_DIR))
+
+
+def clear_run(run_dir: Path) -> list[str]:
+    """Remove a run's own files from `run_dir` (--overwrite): its RUN_FILES, checkpoints and evaluations; returns the
+    names removed. Other files, and wandb/ (runs there may not be synced yet), stay."""
+    removed = []
+    for path in [*(run_dir / n for n in RUN_FILES), *list_checkpoints(run_dir / CHECKPOINT_DIR),
+                 *run_dir.glob("evaluation-*.json"), *run_dir.glob("confusion-*.png")]:
+        if path.is_file():
+            path.unlink()
+            removed.append(str(path.relative_to(run_dir)))
+    return removed
 
 
 def _check_writable(run_dir: Path) -> None:

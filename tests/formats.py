@@ -16,6 +16,7 @@ Writers:
       formats=("png", "jpg")) -> dict split -> list of (path, label, HxWx3 uint8 array written)
       root/<split>/<class>/<i>.<fmt>: real PNG/JPEG files, one flat colour per class (PNG pixel-exact,
       JPEG close), so decoded content can be checked against the class.
+Reader: read_wandb_records(path) -> the records of an offline W&B run's .wandb file, as wandb's protobuf Record.
 FakeCifar holds what was written: train_images / test_images (uint8 N x 3 x 32 x 32, numpy), train_labels /
 test_labels (int64), classes, folder. CIFAR-100 fixtures use 100 fine and 20 coarse class names.
 """
@@ -153,3 +154,42 @@ if __name__ == "__main__":
         sys.exit(f"unknown kind {kind}: only cifar10-bin")
     n_train, n_test = (int(c) for c in counts) if counts else (256, 64)
     print(write_cifar_bin(root, n_train=n_train, n_test=n_test).folder)
+
+
+# ---------------------------------------------------------------------------------------------- W&B's run files
+
+WANDB_BLOCK, WANDB_HEADER = 32768, 7  # the LevelDB log format wandb writes its .wandb transaction logs in
+
+
+def read_wandb_records(path) -> list:
+    """Every record of a run's .wandb file as wandb's own protobuf `Record`, CRC-checked.
+
+    wandb >= 0.2x dropped its Python reader (wandb.sdk.internal.datastore; the Go core writes the file), so this is that
+    reader's format, unchanged since: a 7-byte file header (":W&B", magic 0xBEE1, version 0), then LevelDB log records
+    in 32 KiB blocks (crc32 of type byte + data, length, type FULL/FIRST/MIDDLE/LAST; a block's tail under 7 bytes
+    is padding)."""
+    import struct
+    import zlib
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    ident, magic, version = struct.unpack("<4sHB", data[:WANDB_HEADER])
+    assert (ident, magic, version) == (b":W&B", 0xBEE1, 0), f"{path} is not a W&B transaction log"
+    pos, parts, records = WANDB_HEADER, [], []
+    while pos + WANDB_HEADER <= len(data):
+        left = WANDB_BLOCK - pos % WANDB_BLOCK
+        crc, length, kind = struct.unpack("<IHB", data[pos:pos + WANDB_HEADER]) if left >= WANDB_HEADER else (0, 0, 0)
+        if kind == 0:  # padding to the block's end
+            pos += left
+            continue
+        chunk = data[pos + WANDB_HEADER:pos + WANDB_HEADER + length]
+        assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"{path}: bad checksum at byte {pos}"
+        pos += WANDB_HEADER + length
+        parts.append(chunk)
+        if kind in (1, 4):  # FULL, LAST: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(b"".join(parts))
+            records.append(record)
+            parts = []
+    return records

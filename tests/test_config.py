@@ -242,6 +242,7 @@ def test_print_config_with_resume_shows_the_runs_config_changed_by_the_command_l
     checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())
     assert train_main(["--print-config", "--resume", str(tiny_run), "--epochs", "5", "optim.weight_decay=0.1"]) == 0
     printed = load_yaml(capsys.readouterr().out)
-    saved["epochs"], saved["optim"]["weight_decay"] = 5, 0.1
+    assert saved["output_dir"] is None  # config.yaml does not point back at its run; the printed config says where
+    saved["epochs"], saved["optim"]["weight_decay"], saved["output_dir"] = 5, 0.1, str(tiny_run)
     assert printed == saved and printed["data"]["spec"] == "synthetic" and printed["tta"] == 1
     assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == checkpoints  # nothing trained or written

@@ -3,6 +3,7 @@ determinism, W&B offline, the command line, and real multi-process runs (torchru
 
 Runs are tiny (a few hundred 8x8 or 16x16 synthetic images) so the whole file stays fast on two CPU cores.
 """
+import dataclasses
 import json
 import os
 import shutil
@@ -110,7 +111,8 @@ def test_run_leaves_every_artifact(short_run):
     assert {p.name for p in out.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "model_best.safetensors",
                                                "model_last.safetensors", "curves.png", "checkpoints"}
     assert not list(out.glob(".*.tmp")) and not list(out.glob("checkpoints/.*.tmp"))  # nothing half-written
-    assert from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text())) == cfg
+    # the resolved settings, less output_dir: reused as --config, the file starts a new run rather than pointing back
+    assert from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text())) == dataclasses.replace(cfg, output_dir=None)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [8, 16, 24]  # 512 / 64 per epoch
@@ -129,6 +131,24 @@ def test_run_leaves_every_artifact(short_run):
 
     with Image.open(out / "curves.png") as img:
         assert img.format == "PNG" and img.size[0] > img.size[1] > 200
+
+
+def test_curves_have_whole_epoch_ticks_and_a_learning_rate_panel(short_run):
+    from resnet_lite.plots import curves_figure
+
+    out, cfg, summary = short_run
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    factor = lr_factor(cfg.schedule, 8, cfg.epochs)
+    schedule = [(s / 8, cfg.optim.lr * factor(s)) for s in range(25)]
+    fig = curves_figure(rows, "run", schedule)
+    acc, loss, lr = fig.axes
+    for ax in fig.axes:
+        lo, hi = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+        assert ticks and all(t == int(t) for t in ticks), ticks  # epoch 1, 2, 3: never 1.5
+    assert lr.get_title() == "learning rate"
+    planned, last = lr.get_lines()
+    assert list(planned.get_ydata()) == [v for _, v in schedule] and list(last.get_ydata()) == [r["lr"] for r in rows]
 
 
 @pytest.mark.parametrize("which, key", [("best", "best_test_acc"), ("last", "final_test_acc")])
@@ -255,6 +275,7 @@ def test_plain_progress_lines_for_log_files(monkeypatch, capsys):
         if not enabled:
             assert lines == []  # what a non-main process prints
     assert lines[0].startswith("epoch 1/3 step 1/2 loss 2.0000 lr 1.00e-02") and "img/s eta" in lines[0]
+    assert lines[0].split()[-3:-1] == ["run", "eta"]  # the whole run's: 5 of its 6 steps left
     assert lines[2].split() == ["epoch", "train", "loss", "test", "loss", "test", "acc", "lr", "time", "img/s"]
     assert lines[3].split() == ["1/3", "1.5000", "1.2500", "50.00%", "1.00e-02", "2.0s", "100"]
 
