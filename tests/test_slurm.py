@@ -124,3 +124,49 @@ def test_warned_job_checkpoints_is_requeued_and_ends_bitwise_equal_to_an_uninter
     a = load_weights(run / "model_last.safetensors")[0]
     b = load_weights(tmp_path / "whole" / "model_last.safetensors")[0]
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_multi_node_recipe_with_two_tasks_as_two_machines_counts_every_test_image_once(slurm_cluster, tmp_path):
+    """Two tasks on this node stand in for two nodes: each its own launcher and machine rank (from $SLURM_PROCID),
+    one c10d rendezvous on the job's first host, world size 2 over gloo, the 101 test images shared out with none
+    lost or counted twice. (The warning, requeue and resume go through the same lines as in slurm_1node.sbatch.)"""
+    run, report = tmp_path / "run", tmp_path / "ranks"
+    args = [*RUN, "data.synthetic_test=101", "epochs=1"]
+    env = _env(slurm_cluster, tmp_path, RUN_DIR=str(run), MAIN_PORT=str(_free_port()),
+               RESNET_LITE_RANK_REPORT=str(report))
+    job = Job(slurm_cluster, "slurm_multi_node.sbatch", ["--nodes=1", "--ntasks-per-node=2", *CPU], args, env,
+              tmp_path / "job.out")
+    assert job.finish() == 0, job.log()
+    log = job.log()
+    assert f"start 1: 2 task(s) x 1 process(es), launch/cpu.yaml, rendezvous {slurm_cluster.node}:" in log, log
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["eval_samples"] == 101 and summary["steps"] == 8
+    r0, r1 = (json.loads((report / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world_size"] == r1["world_size"] == 2 and r0["state_sha256"] == r1["state_sha256"]
+    e0, e1 = set(r0["test_indices"]), set(r1["test_indices"])
+    assert not e0 & e1 and e0 | e1 == set(range(101)) and r0["test_samples"] + r1["test_samples"] == 101
+    t0, t1 = set(r0["train_indices_first_epoch"]), set(r1["train_indices_first_epoch"])
+    assert len(t0) == len(t1) == 128 and t0 | t1 == set(range(256))
+
+
+@pytest.mark.slow
+def test_a_real_time_limit_warns_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
+    """--time=1 --signal=B:USR1@5: Slurm itself warns the batch shell (its clock ticks every 30 s, so the warning
+    comes 25-55 s into the job), the trainer saves, the script requeues, and the next start resumes from that
+    checkpoint. The run is far longer than a minute: the test ends it once it has resumed."""
+    run = tmp_path / "run"
+    args = [*RUN, "epochs=1000"]
+    job = Job(slurm_cluster, "slurm_1node.sbatch", [*CPU, "--time=00:01:00", "--signal=B:USR1@5"], args,
+              _env(slurm_cluster, tmp_path, RUN_DIR=str(run)), tmp_path / "job.out")
+    job.wait_for("the warning", lambda: "time limit near" in job.log(), timeout=150)
+    job.release_when_requeued()
+    job.wait_for("the resume", lambda: re.search(r"resuming \S+ at epoch \d+ step \d+", job.log()), timeout=150)
+    slurm_cluster.run("scancel", job.id)
+    job.finish()
+    log = job.log()
+    saved = re.search(r"stopped by SIGUSR1 after step (\d+) \(epoch \d+\); saved (\S+?);", log)
+    assert saved, log
+    resumed = re.search(r"resuming (\S+) at epoch \d+ step (\d+)", log)
+    assert Path(resumed.group(1)) == Path(saved.group(2)) and resumed.group(2) == saved.group(1)
+    assert log.index("time limit near") < log.index(f"requeueing job {job.id}") < log.index(f"job {job.id}, start 2:")
