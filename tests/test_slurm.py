@@ -170,3 +170,51 @@ def test_a_real_time_limit_warns_checkpoints_requeues_and_resumes(slurm_cluster,
     resumed = re.search(r"resuming (\S+) at epoch \d+ step (\d+)", log)
     assert Path(resumed.group(1)) == Path(saved.group(2)) and resumed.group(2) == saved.group(1)
     assert log.index("time limit near") < log.index(f"requeueing job {job.id}") < log.index(f"job {job.id}, start 2:")
+
+
+@pytest.mark.slow
+def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm_cluster, tmp_path):
+    """`--launcher slurm` submits the grid's two runs as one array of slurm_1node.sbatch; the same command again, with
+    --wait, finds that array queued, waits for it instead of submitting twice, and collects its results; a third time
+    finds both finished."""
+    import csv
+
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "optim.lr=0.01,0.003", "--seeds", "1",
+           "--output-dir", str(out), "--epochs", "1", "--data", "synthetic", "--batch-size", "64", "--wandb", "disabled",
+           "data.synthetic_train=128", "data.synthetic_test=32", "data.image_size=8", "eval_batch_size=64",
+           "--launcher", "slurm " + " ".join(CPU)]
+    env = _env(slurm_cluster, tmp_path)
+    names = ["lr0.01-seed0", "lr0.003-seed0"]
+
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    job = json.loads((out / "slurm.json").read_text())["job"]
+    assert json.loads((out / "slurm.json").read_text())["runs"] == names
+    for i, name in enumerate(names):
+        assert f"{name}: Slurm array task {job}_{i}, log {out / name / 'train.log'}" in first.stdout
+    assert "2 run(s) queued on Slurm" in first.stderr
+    tasks = slurm_cluster.run("squeue", "--noheader", f"--jobs={job}", "--array", "--format=%i").stdout.split()
+    assert sorted(tasks) in ([f"{job}_0", f"{job}_1"], [])  # one array of two tasks (or already gone)
+
+    second = subprocess.run([*cmd, "--wait"], env=env, capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr + second.stdout
+    assert f"Slurm array {job} is still in the queue" in second.stdout or "finished earlier" in second.stdout
+    assert json.loads((out / "slurm.json").read_text())["job"] == job  # not submitted twice
+    for i, name in enumerate(names):
+        log = (out / name / "train.log").read_text()  # the task's own console, linked into its run folder
+        assert f"start 1: 0 GPU(s), 1 process(es)" in log and "lite_r4b2" in log
+        config = (out / name / "config.yaml").read_text()
+        assert f"lr: {name[2:].split('-')[0]}" in config and "seed: 0" in config
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["preset"], r["optim.lr"], r["seed"], r["status"]) for r in rows] == [
+        ("lr0.01-seed0", "model5", "0.01", "0", "finished"), ("lr0.003-seed0", "model5", "0.003", "0", "finished")]
+    assert "seed_acc" not in rows[0] and "lr" not in rows[0]  # the seed's Table 1 does not speak for changed runs
+    md = (out / "results.md").read_text()
+    assert "| run | preset | optim.lr | seed | variant | epochs |" in md and "seed acc" not in md
+    assert (out / "results.png").stat().st_size > 0
+
+    third = subprocess.run([*cmd, "--wait"], env=env, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0 and third.stdout.count("finished earlier, skipped") == 2, third.stderr
+    assert json.loads((out / "slurm.json").read_text())["job"] == job
