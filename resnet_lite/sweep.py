@@ -506,6 +506,8 @@ def main(argv=None):
     for run in runs:  # every mistake in the settings shows now, not hours into the sweep
         resolve_config(run.preset, flags=flags, overrides=shared + run.overrides)
     kind, _ = parse_launcher(args.launcher)
+    if kind == "slurm" and not shutil.which("sbatch"):
+        raise UserError("--launcher slurm needs Slurm's sbatch on PATH; run the sweep where you run sbatch")
     if args.wait and kind != "slurm":
         raise UserError("--wait is for --launcher slurm (a local sweep always waits for its runs)")
     if args.gpus and kind == "slurm":
