@@ -147,10 +147,12 @@ def collect(out_dir, runs, failed: dict | None = None) -> list[dict]:
     rows = []
     for spec in map(_as_run, runs):
         run, seed = Path(out_dir) / spec.name, _seed_row(spec.preset) or {}
-        row = {"run": spec.name, "preset": spec.preset, **dict(spec.settings), "model": seed.get("model", ""), "train_batch": seed.get("train_batch", ""),
-               "test_batch": seed.get("test_batch", ""), "optimizer": seed.get("optimizer", ""), "lr": seed.get("lr", ""),
-               "variant": seed.get("variant", ""), "seed_params": seed.get("params", ""), "seed_acc": seed.get("acc", ""),
+        row = {"run": spec.name, "preset": spec.preset, "model": seed.get("model", ""),
+               "train_batch": seed.get("train_batch", ""), "test_batch": seed.get("test_batch", ""),
+               "optimizer": seed.get("optimizer", ""), "lr": seed.get("lr", ""), "variant": seed.get("variant", ""),
+               "seed_params": seed.get("params", ""), "seed_acc": seed.get("acc", ""),
                "epochs": "", "best_acc": "", "best_epoch": "", "final_acc": "", "params": "", "seconds": ""}
+        row.update(spec.settings)  # a grid's own values (model=..., even): its columns
         metrics = read_metrics(run / "metrics.jsonl")
         if (run / "summary.json").is_file():
             s = json.loads((run / "summary.json").read_text())

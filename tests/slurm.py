@@ -6,8 +6,9 @@
 
 Everything lives in `folder` (configuration, munge key and socket, state, spool, logs) on ports free at start, so a
 cluster here never meets the machine's own Slurm or munge, if any, nor another test session's. Debian's packages are
-installed when missing (`install()`, as root with apt-get). The daemons die with the process that started them
-(PR_SET_PDEATHSIG), so even a test session killed outright leaves no controller behind.
+installed when missing (`install()`, as root with apt-get). The daemons are killed with the process that started them
+(PR_SET_PDEATHSIG, SIGKILL: a slurmd busy with jobs may sit out a SIGTERM), so even a test session killed outright
+leaves no controller behind; what such a cluster's slurmstepd and jobs leave running is ended by the next start.
 
 Run by hand: `python tests/slurm.py DIR` brings one up and prints how to use it until Ctrl-C.
 """
@@ -58,8 +59,8 @@ def _free_port() -> int:
 
 
 def _die_with_parent():
-    """preexec_fn: SIGTERM this daemon when the process that started it dies, however it dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    """preexec_fn: SIGKILL this daemon when the process that started it dies, however it dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _node_config() -> dict:
@@ -74,6 +75,22 @@ def _node_config() -> dict:
 
 def _program(name: str) -> str:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") or name
+
+
+def _slurm_confs() -> dict[int, str]:
+    """pid -> SLURM_CONF of every process that has one. Read from /proc: slurmstepd's renaming of itself leaves empty
+    strings at the start of its environment, where psutil.Process.environ() stops."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                env = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            conf = next((v[len(b"SLURM_CONF="):] for v in env if v.startswith(b"SLURM_CONF=")), None)
+            if conf:
+                found[int(entry.name)] = conf.decode(errors="replace")
+    return found
 
 
 class Cluster:
@@ -185,6 +202,7 @@ class Cluster:
         if os.geteuid() != 0:
             raise SlurmUnavailable("starting slurmd and munged needs root")
         install()
+        self._reap_orphans()
         self._write_config()
         try:
             f = self.folder / "munge"
@@ -215,18 +233,39 @@ class Cluster:
         while self.jobs() and time.monotonic() < deadline:
             time.sleep(0.2)
 
-    def _leftovers(self) -> list:
-        """Processes started under this cluster (its daemons, slurmstepd, jobs): those with our SLURM_CONF."""
+    def _leftovers(self, conf=None) -> list:
+        """Processes started under this cluster (its daemons, slurmstepd, jobs): those with its SLURM_CONF."""
         import psutil
 
         found = []
-        for p in psutil.process_iter():
-            try:
-                if p.pid != os.getpid() and p.environ().get("SLURM_CONF") == str(self.conf):
-                    found.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
-                pass
+        for pid, their_conf in _slurm_confs().items():
+            if pid != os.getpid() and their_conf == str(conf or self.conf):
+                try:
+                    found.append(psutil.Process(pid))
+                except psutil.NoSuchProcess:
+                    pass
         return found
+
+    def _reap_orphans(self) -> None:
+        """Kill what a cluster of this module left when its session was killed outright (its daemons died with it;
+        slurmstepd and jobs do not): processes whose SLURM_CONF is such a cluster's and whose slurmctld is gone."""
+        import psutil
+
+        for conf in set(_slurm_confs().values()) - {str(self.conf)}:
+            conf = Path(conf)
+            try:
+                ours = "ClusterName=resnetlite\n" in conf.read_text()
+                pid = int((conf.parent / "slurmctld.pid").read_text())
+            except (OSError, ValueError):
+                continue
+            if ours and not psutil.pid_exists(pid):
+                leftovers = self._leftovers(conf)
+                for p in leftovers:
+                    try:
+                        p.kill()
+                    except psutil.NoSuchProcess:
+                        pass
+                psutil.wait_procs(leftovers, timeout=10)
 
     def stop(self) -> None:
         """Cancel the jobs, stop the daemons, and end anything they left running. Safe to call twice."""
@@ -256,12 +295,13 @@ class Cluster:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))  # `kill` stops the cluster as Ctrl-C does
     cluster = Cluster(Path(sys.argv[1]).resolve())
     cluster.start()
     print(f"export SLURM_CONF={cluster.conf}", flush=True)
     try:
         signal.pause()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):
         pass
     finally:
         cluster.stop()

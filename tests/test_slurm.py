@@ -1,12 +1,13 @@
 """The Slurm recipes (launch/*.sbatch) on a real one-node Slurm that the session brings up (conftest's slurm_cluster,
 tests/slurm.py): CPU-only jobs, the time-limit warning, the script's requeue and the resume inside the requeued job,
-a multi-node rendezvous with two tasks standing in for two nodes.
+a multi-node rendezvous with two tasks standing in for two nodes, a sweep's grid as one job array.
 
 Every job trains for real (resnet_lite.train from this interpreter's environment, passed on by sbatch's default
 --export=ALL) on tiny synthetic data, one thread per process. Slurm holds a requeued job for about two minutes before
 it may start again (its EligibleTime); the tests release it at once with `scontrol update JobId=... StartTime=now`,
 which is the only thing they do that a user's job would not.
 """
+import csv
 import json
 import os
 import re
@@ -177,8 +178,6 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
     """`--launcher slurm` submits the grid's two runs as one array of slurm_1node.sbatch; the same command again, with
     --wait, finds that array queued, waits for it instead of submitting twice, and collects its results; a third time
     finds both finished."""
-    import csv
-
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "optim.lr=0.01,0.003", "--seeds", "1",
            "--output-dir", str(out), "--epochs", "1", "--data", "synthetic", "--batch-size", "64", "--wandb", "disabled",
@@ -203,7 +202,7 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
     assert json.loads((out / "slurm.json").read_text())["job"] == job  # not submitted twice
     for i, name in enumerate(names):
         log = (out / name / "train.log").read_text()  # the task's own console, linked into its run folder
-        assert f"start 1: 0 GPU(s), 1 process(es)" in log and "lite_r4b2" in log
+        assert "start 1: 0 GPU(s), 1 process(es)" in log and "lite_r4b2" in log
         config = (out / name / "config.yaml").read_text()
         assert f"lr: {name[2:].split('-')[0]}" in config and "seed: 0" in config
     with open(out / "results.csv", newline="") as f:
