@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -28,6 +29,9 @@ RUN = ["--variant", "model5", "--data", "synthetic", "--wandb", "disabled", "dat
        "data.synthetic_train=256", "data.synthetic_test=64", "batch_size=32", "eval_batch_size=64", "epochs=3",
        "checkpoint_every_steps=2"]
 CPU = ["--gpus-per-node=0", "--cpus-per-task=1"]  # the recipes ask for GPUs and 16+ CPUs; this node has 2 CPUs
+CPU_TWO_TASKS = ["--gpus-per-node=0", "--ntasks-per-node=2", "--cpus-per-task=1"]  # slurm_1node: 2 processes
+TWO_AS_NODES = ["--nodes=1", "--ntasks-per-node=2", *CPU]  # slurm_multi_node: 2 tasks standing in for 2 nodes
+TESTED = [(CPU, "slurm_1node.sbatch"), (CPU_TWO_TASKS, "slurm_1node.sbatch"), (TWO_AS_NODES, "slurm_multi_node.sbatch")]
 
 
 def _env(cluster, tmp_path, **extra):
@@ -136,8 +140,7 @@ def test_multi_node_recipe_with_two_tasks_as_two_machines_counts_every_test_imag
     args = [*RUN, "data.synthetic_test=101", "epochs=1"]
     env = _env(slurm_cluster, tmp_path, RUN_DIR=str(run), MAIN_PORT=str(_free_port()),
                RESNET_LITE_RANK_REPORT=str(report))
-    job = Job(slurm_cluster, "slurm_multi_node.sbatch", ["--nodes=1", "--ntasks-per-node=2", *CPU], args, env,
-              tmp_path / "job.out")
+    job = Job(slurm_cluster, "slurm_multi_node.sbatch", TWO_AS_NODES, args, env, tmp_path / "job.out")
     assert job.finish() == 0, job.log()
     log = job.log()
     assert f"start 1: 2 task(s) x 1 process(es), launch/cpu.yaml, rendezvous {slurm_cluster.node}:" in log, log
@@ -154,11 +157,12 @@ def test_multi_node_recipe_with_two_tasks_as_two_machines_counts_every_test_imag
 @pytest.mark.slow
 def test_a_real_time_limit_warns_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     """--time=1 --signal=B:USR1@5: Slurm itself warns the batch shell (its clock ticks every 30 s, so the warning
-    comes 25-55 s into the job), the trainer saves, the script requeues, and the next start resumes from that
-    checkpoint. The run is far longer than a minute: the test ends it once it has resumed."""
+    comes 25-55 s into the job), both trainer processes (two tasks: cpu.yaml, two gloo processes) save, the script
+    requeues, and the next start resumes from that checkpoint. The run is far longer than a minute: the test ends it
+    once it has resumed."""
     run = tmp_path / "run"
     args = [*RUN, "epochs=1000"]
-    job = Job(slurm_cluster, "slurm_1node.sbatch", [*CPU, "--time=00:01:00", "--signal=B:USR1@5"], args,
+    job = Job(slurm_cluster, "slurm_1node.sbatch", [*CPU_TWO_TASKS, "--time=00:01:00", "--signal=B:USR1@5"], args,
               _env(slurm_cluster, tmp_path, RUN_DIR=str(run)), tmp_path / "job.out")
     job.wait_for("the warning", lambda: "time limit near" in job.log(), timeout=150)
     job.release_when_requeued()
@@ -171,6 +175,9 @@ def test_a_real_time_limit_warns_checkpoints_requeues_and_resumes(slurm_cluster,
     resumed = re.search(r"resuming (\S+) at epoch \d+ step (\d+)", log)
     assert Path(resumed.group(1)) == Path(saved.group(2)) and resumed.group(2) == saved.group(1)
     assert log.index("time limit near") < log.index(f"requeueing job {job.id}") < log.index(f"job {job.id}, start 2:")
+    first = log[:log.index(f"job {job.id}, start 2:")]
+    assert "0 GPU(s), 2 process(es), launch/cpu.yaml" in first and "on 2 x" in first
+    assert first.count("USR1 received: saving a checkpoint") == 2  # each process once
 
 
 @pytest.mark.slow
@@ -217,3 +224,14 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
     third = subprocess.run([*cmd, "--wait"], env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and third.stdout.count("finished earlier, skipped") == 2, third.stderr
     assert json.loads((out / "slurm.json").read_text())["job"] == job
+
+
+def test_launch_readme_shows_the_tested_cpu_commands_and_slurm_takes_them(slurm_cluster):
+    """launch/README.md's commands for nodes without GPUs are the ones these tests submit, and this cluster's sbatch
+    accepts them as written (--test-only: checked and placed, not run)."""
+    readme = (REPO / "launch" / "README.md").read_text()
+    for options, script in TESTED:
+        line = re.search(rf"^sbatch {re.escape(' '.join(options))} launch/{script}( .*)?$", readme, re.M)
+        assert line, f"sbatch {' '.join(options)} launch/{script}"
+        proc = slurm_cluster.run("sbatch", "--test-only", *shlex.split(line.group(0))[1:], check=False, cwd=REPO)
+        assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
