@@ -52,7 +52,7 @@ __all__ = ["Run", "plan_runs", "run_sweep", "collect", "write_results", "main"]
 SEED_PRESETS = [f"model{r['model']}" for r in SEED_TABLE]  # the default study: the seed's Table 1
 POLL = 0.5  # seconds between checks on the running trainers
 STOP_GRACE = 30  # seconds a stopped trainer gets to exit before it is killed
-SLURM_POLL = 2  # seconds between looks at a Slurm array's queue
+SLURM_POLL = (2, 10)  # seconds between looks at a Slurm array's queue: the first, growing to the most
 COLUMNS = [  # (csv name, markdown header): the seed's Table 1, then what this sweep measured
     ("preset", "preset"), ("model", "seed model"), ("train_batch", "train batch"), ("test_batch", "test batch"),
     ("optimizer", "optimizer"), ("lr", "lr"), ("variant", "variant"), ("seed_params", "seed params"),
@@ -409,7 +409,7 @@ def _run_on_slurm(runs, pending, out_dir, train_args, sbatch_args, settings, gri
         job, queued = None, []
     status = {name: f"queued in Slurm array {job}" for name in queued}
     if job and wait:
-        done, unreachable = set(), 0
+        done, silent_since, delay = set(), None, SLURM_POLL[0]
         try:
             while True:
                 here = _in_queue(job)
@@ -418,13 +418,14 @@ def _run_on_slurm(runs, pending, out_dir, train_args, sbatch_args, settings, gri
                         done.add(name)
                         echo(_finished(out_dir, name))
                         write_results(out_dir, collect(out_dir, runs, status), settings, grid)
-                unreachable = unreachable + 1 if here is None else 0
                 if here is False:
                     break
-                if unreachable * SLURM_POLL > 300:
+                silent_since = (silent_since or time.monotonic()) if here is None else None
+                if silent_since and time.monotonic() - silent_since > 300:
                     raise UserError(f"squeue has not answered for 5 minutes; array {job} may still run: the same "
                                     "command with --wait collects it")
-                time.sleep(SLURM_POLL)
+                time.sleep(delay)
+                delay = min(SLURM_POLL[1], delay * 1.5)
         except KeyboardInterrupt:
             echo(f"Slurm array {job} goes on without the sweep; the same command with --wait collects it "
                  f"(scancel {job} stops it)")
