@@ -6,7 +6,8 @@
 
 A name is an Accelerate config without its .yaml (cpu, single_gpu, multi_gpu, multi_node) or any file's full name.
 From a checkout the files are its launch/ folder; after `pip install` the copy inside the package, so the commands
-above work from any folder. (The Slurm scripts still read launch/*.yaml from the folder they are submitted from.)
+above work from any folder. (The Slurm scripts read launch/*.yaml from the folder they are submitted from, or
+from $LAUNCH_DIR.)
 """
 import sys
 

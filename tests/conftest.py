@@ -6,7 +6,8 @@ write_cifar_py, write_cifar_archive, write_imagefolder, FakeCifar, FOLDERS.
 Fixtures: cifar10_bin, cifar10_py (FakeCifar under tmp_path/"data"); imagefolder (ImageTree: `.root` of a
 written tree, `.files` as write_imagefolder returns); http_server (serve a directory on 127.0.0.1: `http_server(dir) -> base URL`);
 unreachable_url (an http URL on a closed 127.0.0.1 port); jpeg_tarball (path of the real CIFAR-10-JPEG
-archive, or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder root).
+archive, or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder root); slurm_cluster (a
+real one-node Slurm, tests/slurm.py, up for the session and torn down after it, or skip saying why there is none).
 """
 import functools
 import http.server
@@ -101,3 +102,18 @@ def cifar10_jpeg_tree(jpeg_tarball, tmp_path_factory):
             tar.extractall(target, filter="data")
     (root,) = [p.parent for p in target.glob("*/train")]
     return root
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    from slurm import Cluster, SlurmUnavailable
+
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()  # stops what it started before raising
+    except SlurmUnavailable as e:
+        pytest.skip(f"no Slurm cluster here: {e}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()  # also after failed tests: no controller or job outlives the session

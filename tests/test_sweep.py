@@ -12,7 +12,7 @@ import time
 import pytest
 from PIL import Image
 
-from resnet_lite.sweep import SEED_PRESETS, main
+from resnet_lite.sweep import SEED_PRESETS, main, plan_runs
 
 TINY = ["--epochs", "2", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.synthetic_train=256",
         "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64", "checkpoint_every_steps=4"]
@@ -126,6 +126,13 @@ def test_a_run_stopped_by_its_own_signal_is_reported_resumable(tmp_path):
     (["model5", "optim.lrr=0.1"], "unknown setting 'optim.lrr'"),
     (["model5", "--gpus", "zero"], "--gpus zero is not a comma-separated list"),
     (["model5", "model5"], "listed twice"),
+    (["model5", "optim.lr=0.1,fast"], "optim.lr must be a number, got 'fast'"),  # every value of a grid is checked
+    (["model5", "optim.lr=0.1,"], "optim.lr=0.1, has an empty value"),
+    (["model5", "--seeds", "0"], "--seeds 0 must be >= 1"),
+    (["model5", "seed=3", "--seeds", "2"], "--seeds and a seed= setting both choose the seeds"),
+    (["model5", "--launcher", "local --fast"], "local takes nothing after it"),
+    (["model5", "--wait"], "--wait is for --launcher slurm"),
+    (["model5", "--launcher", "slurm", "--gpus", "0"], "--gpus is for runs on this machine"),
 ])
 def test_mistakes_stop_before_any_run(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -142,3 +149,31 @@ def test_help_names_the_presets_and_the_files(capsys):
     assert exit_info.value.code == 0
     assert "model0 model1" in out and "results.md" in out and "--gpus" in out and "--resume" in out
     assert SEED_PRESETS == [f"model{i}" for i in range(9)]  # the default study is Table 1, whatever else is shipped
+
+
+def test_a_grid_names_its_runs_by_what_differs():
+    runs, shared, grid = plan_runs(["model5"], ["optim.lr=0.01,0.003", "data.image_size=8", "optim.betas=[0.9,0.99]"],
+                                   seeds=2)
+    assert [r.name for r in runs] == ["lr0.01-seed0", "lr0.01-seed1", "lr0.003-seed0", "lr0.003-seed1"]
+    assert runs[1].overrides == ["optim.lr=0.01", "seed=1"] and {r.preset for r in runs} == {"model5"}
+    assert shared == ["data.image_size=8", "optim.betas=[0.9,0.99]"] and grid == ["optim.lr", "seed"]  # a list is one value
+    runs, _, _ = plan_runs(["model5", "model8"], ["optim.lr=0.01,0.003", "ema.decay=0.9,0.99"])
+    assert [r.name for r in runs][:2] == ["model5-lr0.01-decay0.9", "model5-lr0.01-decay0.99"] and len(runs) == 8
+    assert [r.name for r in plan_runs(["model5", "model8"], ["optim.lr=0.1"])[0]] == ["model5", "model8"]  # presets
+
+
+@pytest.mark.slow
+def test_local_grid_sweep_tables_show_each_runs_settings(tmp_path):
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "optim.lr=0.01,0.003", "--launcher", "local",
+           "--output-dir", str(out), *TINY, "--epochs", "1", "--gpus", "0,1"]  # both at once on 2 cores
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["run"], r["optim.lr"], r["status"], r["epochs"]) for r in rows] == [("lr0.01", "0.01", "finished", "1"),
+                                                                                 ("lr0.003", "0.003", "finished", "1")]
+    assert "lr: 0.003" in (out / "lr0.003" / "config.yaml").read_text()
+    md = (out / "results.md").read_text()
+    assert md.startswith("# Sweep results\n") and "| run | preset | optim.lr | variant | epochs |" in md
+    assert "seed acc" not in md and "| lr0.003 | model5 | 0.003 | lite_r4b2 | 1 |" in md
