@@ -259,18 +259,10 @@ class Cluster:
             except (OSError, ValueError):
                 continue
             if ours and not psutil.pid_exists(pid):
-                leftovers = self._leftovers(conf)
-                for p in leftovers:
-                    try:
-                        p.kill()
-                    except psutil.NoSuchProcess:
-                        pass
-                psutil.wait_procs(leftovers, timeout=10)
+                _kill(self._leftovers(conf))
 
     def stop(self) -> None:
         """Cancel the jobs, stop the daemons, and end anything they left running. Safe to call twice."""
-        import psutil
-
         try:
             self.cancel_all()
         except Exception:
@@ -284,14 +276,20 @@ class Cluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        leftovers = self._leftovers()
-        for p in leftovers:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(leftovers, timeout=10)
+        _kill(self._leftovers())
         self.daemons.clear()
+
+
+def _kill(procs: list) -> None:
+    """SIGKILL each psutil.Process still alive, and wait for them."""
+    import psutil
+
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
 
 
 if __name__ == "__main__":
