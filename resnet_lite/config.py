@@ -68,6 +68,9 @@ class TrainConfig:
     sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (no effect with one process)"})
     channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the model and batches"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    compile_backend: str = field(default="inductor", metadata={
+        "help": "torch.compile's backend (timm's --torchcompile): inductor generates kernels; aot_eager or eager "
+                "trace the same graphs (guards, recompiles) without generating code"})
     eval_every: int = field(default=1, metadata={
         "help": "epochs between test evaluations (the last epoch is always evaluated)"})
     label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy loss, in [0, 1)"})
@@ -117,6 +120,13 @@ class TrainConfig:
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
         check_tta(self.tta)
+        if self.compile and self.compile_backend != "inductor":
+            import torch._dynamo
+
+            backends = torch._dynamo.list_backends(exclude_tags=())
+            if self.compile_backend not in backends:
+                raise UserError(f"compile_backend={self.compile_backend!r} is not a torch.compile backend here; "
+                                f"{did_you_mean(self.compile_backend, backends) or 'use inductor, aot_eager or eager'}")
         if self.pretrained_path and not self.pretrained:
             raise UserError(f"pretrained_path={self.pretrained_path} is read only with pretrained=true; set it, or "
                             f"use initial_checkpoint={self.pretrained_path}")

@@ -84,7 +84,7 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
         # the run's memory format and compilation too: both change float rounding, and so a near tie's argmax
         channels_last = bool(run.config and run.config.channels_last)
         model = run.model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        model = torch.compile(model) if run.config and run.config.compile else model
+        model = torch.compile(model, backend=run.config.compile_backend) if run.config and run.config.compile else model
         loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
         result = evaluate_loader(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)

@@ -186,7 +186,8 @@ class Trainer:
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         # dynamic=False: a new batch size (an evaluation's last batch) gets a graph of its own, as fast as the first,
         # instead of turning the batch dimension symbolic for every later call
-        compiled = functools.partial(torch.compile, dynamic=False) if cfg.compile else (lambda module: module)
+        compiled = (functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
+                    else (lambda module: module))
         self.evaluator = TTA(compiled(self.evaluated), cfg.tta)  # the plain module: no collective in forward
         self.normalize = build_normalize(self.ds.mean, self.ds.std)
         self.loop = Loop(
@@ -203,8 +204,13 @@ class Trainer:
         """Everything but the weights (already in the model and EMA): optimizer, schedule, scaler, TrainState, this
         process's generators, BatchNorm buffers and partial-epoch loss, and the metrics rows up to the checkpoint."""
         loop = self.loop
+        fresh = [g["initial_lr"] for g in loop.optimizer.param_groups]  # this command's optim.lr (and group scales)
         loop.optimizer.load_state_dict(checkpoint["optimizer"])
-        loop.scheduler.load_state_dict(checkpoint["scheduler"])
+        loop.scheduler.load_state_dict(checkpoint["scheduler"])  # its base_lrs are the saved run's
+        if len(fresh) == len(loop.scheduler.base_lrs):  # an --lr / optim.lr given with --resume takes effect
+            loop.scheduler.base_lrs = fresh
+            for group, lr in zip(loop.optimizer.param_groups, fresh):
+                group["initial_lr"] = lr
         if self.accelerator.scaler is not None and checkpoint["scaler"] is not None:
             self.accelerator.scaler.load_state_dict(checkpoint["scaler"])
         self.state.load_state_dict(checkpoint)
@@ -218,10 +224,11 @@ class Trainer:
         self.rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.state.epoch]
 
     def _restretch(self, saved: dict) -> str | None:
-        """A resume with another epochs (or steps per epoch) than the checkpoint's: the schedule is a function of the
-        run's whole length, so it now spans the new one, from this step's value on. The restored optimizer holds the
-        old schedule's lr for the next step; set the new one, and say so (None: nothing changed)."""
-        scheduler, step = self.loop.scheduler, self.state.step
+        """A resume with another epochs (or steps per epoch) or peak lr than the checkpoint's: the schedule is a
+        function of the run's whole length and its peak, so it now follows the new ones, from this step's value on.
+        The restored optimizer holds the old schedule's lr for the next step; set the new one, and say so (None:
+        nothing changed)."""
+        scheduler, step, cfg = self.loop.scheduler, self.state.step, self.cfg
         groups = self.loop.optimizer.param_groups
         new = [base * f(step) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
         old = groups[0]["lr"]
@@ -230,9 +237,14 @@ class Trainer:
         for group, lr in zip(groups, new):
             group["lr"] = lr
         scheduler._last_lr = new
-        return (f"the {self.cfg.schedule.name} schedule now spans {self.cfg.epochs} epochs ({self.cfg.epochs * self.steps_per_epoch} "
-                f"steps; it spanned {saved['epochs']} when saved): the learning rate goes from {old:.3g} to {new[0]:.3g} "
-                f"at step {step} and follows the new length from there")
+        changes = []
+        if saved["epochs"] != cfg.epochs or saved["batch_size"] != cfg.batch_size:
+            changes.append(f"the {cfg.schedule.name} schedule now spans {cfg.epochs} epochs "
+                           f"({cfg.epochs * self.steps_per_epoch} steps; it spanned {saved['epochs']} when saved)")
+        if saved["optim"]["lr"] != cfg.optim.lr:
+            changes.append(f"optim.lr is now {cfg.optim.lr:g} (it was {saved['optim']['lr']:g} when saved)")
+        return (f"{'; '.join(changes) or 'the schedule changed'}: the learning rate goes from {old:.3g} to "
+                f"{new[0]:.3g} at step {step} and follows the new schedule from there")
 
     def _per_rank_modules(self) -> list:
         return [self.model, self.ema.module if self.ema is not None else None]

@@ -116,13 +116,15 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     ("epochs=0", "epochs=0 must be >= 1"),
     ("batch_size=100", None),  # fine on its own ...
     ("grad_accum=3", "batch_size=128 does not split into grad_accum=3"),
+    ("compile=true compile_backend=aot_eagr", "compile_backend='aot_eagr' is not a torch.compile backend here; "
+                                               "did you mean 'aot_eager'?"),
 ])
 def test_wrong_types_and_values_name_the_key(override, message):
     if message is None:
         assert resolve_config(overrides=[override]).batch_size == 100
         return
     with pytest.raises(UserError) as e:
-        resolve_config(overrides=[override])
+        resolve_config(overrides=override.split())
     assert message in str(e.value)
 
 

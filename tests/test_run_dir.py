@@ -137,11 +137,25 @@ def test_resume_with_more_epochs_restretches_the_schedule_and_says_so(finished, 
     assert main(["--output-dir", str(run), "--resume", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert ("note: the cosine schedule now spans 2 epochs (4 steps; it spanned 1 when saved): the learning rate goes "
-            "from 0 to 0.0025 at step 2 and follows the new length from there") in out
+            "from 0 to 0.0025 at step 2 and follows the new schedule from there") in out
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     new = lr_factor(ScheduleConfig(), steps_per_epoch=2, epochs=2)
     assert rows[1]["lr"] == pytest.approx(0.005 * new(3), rel=1e-12)  # epoch 2's last step on the 2-epoch cosine
     assert "note:" not in _resumed_again(run, capsys)  # the same length again: nothing to say
+
+
+def test_resume_with_another_lr_uses_it_and_says_so(finished, tmp_path, capsys):
+    """--lr with --resume: the schedule keeps its shape and length, at the new peak (the checkpoint's own scheduler
+    state would keep the old one without a word)."""
+    run = _copy(finished, tmp_path / "run")
+    assert main(["--output-dir", str(run), "--resume", "--epochs", "2", "--lr", "0.002"]) == 0
+    out = capsys.readouterr().out
+    assert ("note: the cosine schedule now spans 2 epochs (4 steps; it spanned 1 when saved); optim.lr is now 0.002 "
+            "(it was 0.005 when saved): the learning rate goes from 0 to 0.001 at step 2") in out
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    new = lr_factor(ScheduleConfig(), steps_per_epoch=2, epochs=2)
+    assert rows[1]["lr"] == pytest.approx(0.002 * new(3), rel=1e-12)
+    assert yaml.safe_load((run / "config.yaml").read_text())["optim"]["lr"] == 0.002
 
 
 def _resumed_again(run, capsys):
