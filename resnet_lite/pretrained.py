@@ -76,8 +76,11 @@ def fit_state_dict(model: torch.nn.Module, state_dict: dict, source, name: str) 
 
 
 def _sha256(path: Path) -> str:
+    h = hashlib.sha256()  # hashlib.file_digest would be shorter, but is Python 3.11+ and we support 3.10
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def pretrained_source(name: str, pretrained_path=None) -> str:
