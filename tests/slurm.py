@@ -14,6 +14,7 @@ Run by hand: `python tests/slurm.py DIR` brings one up and prints how to use it 
 """
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,10 +53,21 @@ def install() -> None:
         raise SlurmUnavailable(f"{', '.join(_missing())} still missing after apt-get install {' '.join(PACKAGES)}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_port() -> int:
+    """A free TCP port below the kernel's ephemeral range: the port the OS hands out for `bind(0)` lies in that range,
+    where any connection (gloo's, another test's) may take it before the daemon or job that is told it binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for port in random.Random().sample(range(max(1024, low - 12000), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def _die_with_parent():
@@ -121,7 +133,7 @@ class Cluster:
         (self.folder / "munge").chmod(0o700)
         node = _node_config()
         cpus = int(node["CPUs"])
-        ctld_port, slurmd_port = _free_port(), _free_port()
+        ctld_port, slurmd_port = free_port(), free_port()
         lines = [
             "ClusterName=resnetlite",
             f"SlurmctldHost={self.node}(127.0.0.1)",

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -21,9 +20,12 @@ from pathlib import Path
 import pytest
 
 from resnet_lite.checkpoint import load_weights
+from slurm import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# under pytest-xdist (-n 2 --dist loadgroup) every Slurm test runs on one worker: one cluster per session
+pytestmark = pytest.mark.xdist_group("slurm")
 # 256 8x8 images, batch 32: 8 steps an epoch, a checkpoint every 2 steps; 3 epochs so that a stop lands mid-run
 RUN = ["--variant", "model5", "--data", "synthetic", "--wandb", "disabled", "data.image_size=8",
        "data.synthetic_train=256", "data.synthetic_test=64", "batch_size=32", "eval_batch_size=64", "epochs=3",
@@ -37,12 +39,6 @@ TESTED = [(CPU, "slurm_1node.sbatch"), (CPU_TWO_TASKS, "slurm_1node.sbatch"), (T
 def _env(cluster, tmp_path, **extra):
     return cluster.env(dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", OMP_NUM_THREADS="1",
                             WANDB_MODE="disabled", WANDB_DIR=str(tmp_path), HF_HOME=str(tmp_path / "hf"), **extra))
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Job:
@@ -139,7 +135,7 @@ def test_multi_node_recipe_with_two_tasks_as_two_machines_counts_every_test_imag
     lost or counted twice. (The warning, requeue and resume go through the same lines as in slurm_1node.sbatch.)"""
     run, report = tmp_path / "run", tmp_path / "ranks"
     args = [*RUN, "data.synthetic_test=101", "epochs=1"]
-    env = _env(slurm_cluster, tmp_path, RUN_DIR=str(run), MAIN_PORT=str(_free_port()),
+    env = _env(slurm_cluster, tmp_path, RUN_DIR=str(run), MAIN_PORT=str(free_port()),
                RESNET_LITE_RANK_REPORT=str(report))
     job = Job(slurm_cluster, "slurm_multi_node.sbatch", TWO_AS_NODES, args, env, tmp_path / "job.out")
     assert job.finish() == 0, job.log()
