@@ -19,7 +19,7 @@
 set -uo pipefail
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
 if (( DRY )); then
     OUT=${OUT:-/tmp/gpu_run_dry}
@@ -54,7 +54,6 @@ echo "== setup at $(date -u +%FT%TZ), dry run: $DRY"
 # the package from this checkout, not installed (the GPU machine has no network for pip): the checkout's root first on
 # sys.path for every Python below (resnet_lite.shipped finds the presets in configs/ beside the source folder)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-"$PY" -c "import resnet_lite, sys; print('resnet_lite', resnet_lite.__version__, 'from', resnet_lite.__file__)" || exit 3
 
 ARCHIVE=${ARCHIVE:-gpu_data/cifar10-jpeg.tar.gz}
 [[ -f "$ARCHIVE" ]] || ARCHIVE=../shared/data/cifar10-jpeg.tar.gz
@@ -72,18 +71,21 @@ CACHE=$SCRATCH/cache
     echo "archive: $ARCHIVE sha256 $(sha256sum "$ARCHIVE" | cut -d' ' -f1)"
     echo "git: $(git rev-parse HEAD 2>/dev/null || echo unknown) $(git status --short 2>/dev/null | wc -l) changed files"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,power.limit --format=csv 2>&1 || echo "no nvidia-smi"
-    "$PY" - <<'EOF'
-import platform, torch, timm, accelerate
-print(f"python {platform.python_version()} torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
-      f"{torch.backends.cudnn.version()}) timm {timm.__version__} accelerate {accelerate.__version__}")
-print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "| cpus:", __import__("os").cpu_count())
-EOF
 } > "$OUT/env.txt" 2>&1
-cat "$OUT/env.txt"
 
-# preflight: the package imports here (this torch/timm/accelerate), and the data decodes once into the cache
-"$PY" - "$DATA" "$CACHE" <<'EOF' || { echo "preflight failed"; exit 3; }
-import sys, time, torch
+# preflight, one Python (each start costs seconds): the versions into env.txt, the package imports here (this
+# torch/timm/accelerate), and the data decodes once into the cache
+"$PY" - "$DATA" "$CACHE" "$OUT/env.txt" <<'EOF' || { cat "$OUT/env.txt"; echo "preflight failed"; exit 3; }
+import os, platform, sys, time
+import accelerate, timm, torch
+with open(sys.argv[3], "a") as env:
+    print(f"python {platform.python_version()} torch {torch.__version__} (CUDA {torch.version.cuda}, cuDNN "
+          f"{torch.backends.cudnn.version()}) timm {timm.__version__} accelerate {accelerate.__version__}", file=env)
+    print("device:", torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "| cpus:", os.cpu_count(),
+          file=env)
+import resnet_lite
+with open(sys.argv[3], "a") as env:
+    print("resnet_lite", resnet_lite.__version__, "from", resnet_lite.__file__, file=env)
 from resnet_lite.config import resolve_config
 from resnet_lite.data import load_dataset
 from resnet_lite.ema import EMAConfig, build_ema, update_ema
@@ -95,6 +97,7 @@ t = time.perf_counter()
 ds = load_dataset(sys.argv[1], root=sys.argv[2])
 print(f"preflight ok; {len(ds.train)} train / {len(ds.test)} test images decoded in {time.perf_counter() - t:.1f} s")
 EOF
+cat "$OUT/env.txt"
 
 if (( DRY )); then
     TP_ARGS=(--quick --no-compile --variants lite_r4b2)
