@@ -1,10 +1,11 @@
 """What people watching a run see: the console and Weights & Biases (the run directory's files: resnet_lite.files,
 its figures: resnet_lite.plots).
 
-Everything here runs on the main process only (the trainer passes enabled=False elsewhere). On a terminal the
-console is a rich progress bar per epoch (images/s, loss, lr, the epoch's and the whole run's ETA, "evaluating" while
-it evaluates) and a table row per epoch; when stdout is a file or a pipe it is plain lines a log file can follow:
-progress every PLAIN_EVERY seconds and one line per epoch. W&B: WandbConfig, the run's names (wandb_settings), its
+Everything here runs on the main process only (the trainer passes enabled=False elsewhere), except StepLog, which
+every process calls so that its rows are all processes' mean. On a terminal the console is a rich progress bar per
+epoch (images/s, loss, lr, the epoch's and the whole run's ETA, "evaluating" while it evaluates) and a table row per
+epoch; when stdout is a file or a pipe it is plain lines a log file can follow: progress every PLAIN_EVERY seconds and
+one line per epoch. W&B: WandbConfig, the run's names (wandb_settings), its
 summary metrics, per-step rows (StepLog), the final media and the model artifacts.
 """
 import netrc
@@ -242,41 +243,49 @@ def define_wandb_metrics(run, has_val: bool) -> None:
 
 
 class StepLog:
-    """The train loss (mean over the steps since the previous row or the epoch's start, this process's batches) and
-    the lr every `every` optimizer steps, to `log(values, step=)`. Each row's loss is read from the device when the
-    next row is due (or at flush(), an epoch's end), long after it was computed, so the host never waits for the
-    device on its account."""
+    """The train loss (mean over the steps since the previous row or the epoch's start, over every process's batches)
+    and the lr every `every` optimizer steps, to `log(values, step=)`. Called on every process: with `world_size` > 1
+    each row's sums are all-reduced, without waiting; the row is read from the device when the next one is due (or at
+    flush(), an epoch's end), long after it was computed, so the host never waits for the device on its account."""
 
-    def __init__(self, log, every: int):
-        self.log, self.every = log, every
-        self.pending = None  # (step, lr, the row's mean loss: a tensor copied behind the step's kernels, its CUDA event)
+    def __init__(self, log, every: int, world_size: int = 1):
+        self.log, self.every, self.world_size = log, every, world_size
+        self.pending = None  # (step, lr, [loss sum, images] of the row: on the host once work and event are done)
         self.mark = None  # (loss_sum, images) at the previous row, on the device
 
     def __call__(self, step: int, loss_sum, seen: int, lr: float) -> None:
         if not self.every or step % self.every:
             return
         self.flush()
+        import torch
+
         if self.mark is None:  # the epoch's first row: from its start (its running sums start again each epoch)
             self.mark = (loss_sum.new_zeros(()), 0)
-        window = loss_sum.detach() - self.mark[0], seen - self.mark[1]
+        window = torch.stack([loss_sum.detach() - self.mark[0], loss_sum.new_tensor(float(seen - self.mark[1]))])
         self.mark = (loss_sum.detach().clone(), seen)
-        value, event = window[0] / max(window[1], 1), None
-        if value.is_cuda:
-            import torch
-
-            value = value.to("cpu", non_blocking=True)  # into pinned memory, as StopCheck's numbers
+        work = event = None
+        if self.world_size > 1:
+            work = torch.distributed.all_reduce(window, async_op=True)  # the same call on every process, in order
+        if window.is_cuda:
+            if work is not None:
+                work.wait()  # NCCL: the stream waits for the reduction, the host does not
+                work = None
+            window = window.to("cpu", non_blocking=True)  # into pinned memory, as StopCheck's numbers
             event = torch.cuda.Event()
             event.record()
-        self.pending = (step, lr, value, event)
+        self.pending = (step, lr, window, work, event)
 
     def flush(self) -> None:
         if self.pending is None:
             return
-        step, lr, value, event = self.pending
+        step, lr, window, work, event = self.pending
         self.pending = None
+        if work is not None:
+            work.wait()
         if event is not None:
             event.synchronize()
-        self.log({"train/loss": float(value), "train/lr": lr}, step=step)
+        loss_sum, images = window.tolist()
+        self.log({"train/loss": loss_sum / max(images, 1.0), "train/lr": lr}, step=step)
 
     def start_epoch(self) -> None:
         """Before each epoch: the engine's running loss starts again from 0."""

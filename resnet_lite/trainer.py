@@ -299,7 +299,8 @@ class Trainer:
         if self.is_main:
             run = self.accelerator.get_tracker("wandb", unwrap=True)
             define_wandb_metrics(run, self.val_loader is not None)
-            self.step_log = StepLog(self.accelerator.log, cfg.wandb.log_every_steps)
+        # on every process (each row's loss is all processes' mean); accelerator.log writes on the main one only
+        self.step_log = StepLog(self.accelerator.log, cfg.wandb.log_every_steps, self.world)
 
     # ------------------------------------------------------------------------------------------ running
 

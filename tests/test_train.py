@@ -15,6 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from formats import read_wandb_records
 
 from resnet_lite import create_model
 from resnet_lite.augment import build_normalize
@@ -344,11 +345,13 @@ def test_accelerate_launch_one_cpu_process(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_as_one(tmp_path):
-    """Two gloo processes: world size 2, disjoint shards, identical weights, every test image counted once."""
+    """Two gloo processes: world size 2, disjoint shards, identical weights, every test image counted once, and the
+    per-step W&B loss is both processes' mean."""
     out, report = tmp_path / "run", tmp_path / "ranks"
     cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "resnet_lite.train", *TINY,
-           "data.synthetic_test=101", "--output-dir", str(out)]  # 101: the two eval shards differ by one image
-    env = _env(tmp_path, ACCELERATE_USE_CPU="true", RESNET_LITE_RANK_REPORT=str(report))
+           "data.synthetic_test=101", "--output-dir", str(out),  # 101: the two eval shards differ by one image
+           "--wandb", "offline", "wandb.log_every_steps=4"]  # 4 steps an epoch: a row is an epoch's mean loss
+    env = dict(_env(tmp_path, ACCELERATE_USE_CPU="true", RESNET_LITE_RANK_REPORT=str(report)), WANDB_MODE="offline")
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("lite_r4b2 (2,799,146 params) on 2 x") == 1  # the main process alone prints
@@ -365,6 +368,13 @@ def test_torchrun_two_cpu_processes_train_as_one(tmp_path):
     assert r0["state_sha256"] == r1["state_sha256"]  # weights and BatchNorm statistics agree across processes
     state = weights(out / "model_last.safetensors")
     assert all(not k.startswith("module.") for k in state)
+    (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in read_wandb_records(log)
+            if r.WhichOneof("record_type") == "history"]
+    step_rows = [(r["_step"], r["train/loss"]) for r in rows if "train/loss" in r]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in step_rows] == [4, 8]  # each the mean over an epoch's batches of both processes, as train_loss
+    assert [loss for _, loss in step_rows] == pytest.approx([m["train_loss"] for m in metrics], rel=1e-6)
 
 
 def test_a_launcher_accelerate_cannot_see_is_an_error(tmp_path, monkeypatch, capsys):
