@@ -4,6 +4,8 @@ what each process of a multi-process run saw. Nothing here runs per step unless 
     RESNET_LITE_TEST_CRASH=step:N | save:N | saved:N   SIGKILL (as the OOM killer or a lost node would) right after
         optimizer step N, inside the write of checkpoint step-N (its bytes in the temporary file, not yet renamed), or
         just after that checkpoint is complete
+    RESNET_LITE_TEST_CRASH=usr1:N   every process sends itself SIGUSR1 right after optimizer step N (a Slurm warning
+        landing on every process at a chosen step)
     RESNET_LITE_RANK_REPORT=DIR   every process writes DIR/rank<R>.json at the end or when stopped by a signal: its
         data shard, step and a hash of its weights
 """
@@ -25,9 +27,13 @@ def crash_point(where: str, step: int) -> None:
 
 def step_hook():
     """A callable(step) for the training loop's after-step hook when RESNET_LITE_TEST_CRASH asks for a step; else None."""
-    if not os.environ.get("RESNET_LITE_TEST_CRASH", "").startswith("step:"):
-        return None
-    return lambda step: crash_point("step", step)
+    value = os.environ.get("RESNET_LITE_TEST_CRASH", "")
+    if value.startswith("step:"):
+        return lambda step: crash_point("step", step)
+    if value.startswith("usr1:"):
+        at = int(value.split(":", 1)[1])
+        return lambda step: os.kill(os.getpid(), signal.SIGUSR1) if step == at else None
+    return None
 
 
 def _state_hash(state_dict: dict) -> str:

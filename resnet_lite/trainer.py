@@ -329,12 +329,14 @@ class Trainer:
                     last_curves = time.perf_counter()
             state.epoch, state.batch, state.train_loss_sum, state.train_images = epoch + 1, 0, 0.0, 0
             every, last = cfg.checkpoint_every_epochs, epoch + 1 == cfg.epochs
-            saved = self.save(epoch + 1, 0, 0.0, 0) if last or (every and (epoch + 1) % every == 0) else None
+            # decided alike on every process: save() is collective, and only the main process gets its path back
+            saving = last or bool(every and (epoch + 1) % every == 0)
+            saved = self.save(epoch + 1, 0, 0.0, 0) if saving else None
             self.step_log.flush()  # its rows come first: W&B drops a row whose step is below the last one's
             self.accelerator.log({k: v for k, v in row.items() if v is not None}, step=state.step)
             self.progress.end_epoch(row)
-            if not last and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
-                self.stop(stop, saved or self.save(epoch + 1, 0, 0.0, 0), epoch)  # a signal during the evaluation
+            if not last and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):  # a signal during
+                self.stop(stop, saved if saving else self.save(epoch + 1, 0, 0.0, 0), epoch)  # the evaluation
         self.check.close()
         self.progress.close()
         state.elapsed += time.perf_counter() - self.t_start

@@ -267,6 +267,21 @@ def test_sigusr1_to_one_torchrun_worker_stops_both_at_the_same_step_and_resumes_
     assert strip(_rows(out)) == strip(_rows(tmp_path / "whole"))
 
 
+@pytest.mark.slow
+def test_a_signal_in_an_epochs_last_step_stops_every_process_after_its_evaluation(tmp_path):
+    """What a Slurm warning does when it lands on every process during an epoch's last step: the epoch is evaluated
+    and saved once (its end-of-epoch checkpoint, by every process together), then both stop with exit 75. This hung
+    when the main process, holding that checkpoint's path, went on to stop while the other saved again."""
+    out = tmp_path / "run"
+    cmd = [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "resnet_lite.train", *RUN,
+           "--output-dir", str(out)]
+    proc = subprocess.run(cmd, env=_env(ACCELERATE_USE_CPU="true", RESNET_LITE_TEST_CRASH="usr1:4"),
+                          capture_output=True, text=True, timeout=240)  # 4 steps an epoch: the first epoch's last
+    assert "exitcode  : 75" in proc.stderr and "resnet_lite/" not in proc.stderr, proc.stderr[-3000:]
+    assert f"stopped by SIGUSR1 after step 4 (epoch 1); saved {out}/checkpoints/step-00000004.pt" in proc.stderr
+    assert [r["epoch"] for r in _rows(out)] == [1] and _steps(out)[-1] == 4
+
+
 # ---------------------------------------------------------------------------------------------- a diverging run
 
 
