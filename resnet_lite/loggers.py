@@ -5,8 +5,8 @@ Everything here runs on the main process only (the trainer passes enabled=False 
 every process calls so that its rows are all processes' mean. On a terminal the console is a rich progress bar per
 epoch (images/s, loss, lr, the epoch's and the whole run's ETA, "evaluating" while it evaluates) and a table row per
 epoch; when stdout is a file or a pipe it is plain lines a log file can follow: progress every PLAIN_EVERY seconds and
-one line per epoch. W&B: WandbConfig, the run's names (wandb_settings), its
-summary metrics, per-step rows (StepLog), the final media and the model artifacts.
+one line per epoch. W&B: WandbConfig, the run's names (wandb_settings), its summary metrics, per-step rows
+(StepLog), the final media and the model artifacts.
 """
 import netrc
 import os
@@ -261,7 +261,8 @@ class StepLog:
 
         if self.mark is None:  # the epoch's first row: from its start (its running sums start again each epoch)
             self.mark = (loss_sum.new_zeros(()), 0)
-        window = torch.stack([loss_sum.detach() - self.mark[0], loss_sum.new_tensor(float(seen - self.mark[1]))])
+        # new_full is a fill kernel; new_tensor would copy from the host and wait for the stream (a device sync)
+        window = torch.stack([loss_sum.detach() - self.mark[0], loss_sum.new_full((), float(seen - self.mark[1]))])
         self.mark = (loss_sum.detach().clone(), seen)
         work = event = None
         if self.world_size > 1:

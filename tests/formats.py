@@ -161,6 +161,14 @@ if __name__ == "__main__":
 WANDB_BLOCK, WANDB_HEADER = 32768, 7  # the LevelDB log format wandb writes its .wandb transaction logs in
 
 
+def wandb_items(items) -> dict:
+    """A record's items (history, config or summary: key or nested key, JSON value) as a dict; nested keys joined
+    with "/" ("train/loss")."""
+    import json
+
+    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
+
+
 def read_wandb_records(path) -> list:
     """Every record of a run's .wandb file as wandb's own protobuf `Record`, CRC-checked.
 

@@ -24,7 +24,8 @@ from slurm import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-# under pytest-xdist (-n 2 --dist loadgroup) every Slurm test runs on one worker: one cluster per session
+# under pytest-xdist (-n auto; --dist loadgroup in pyproject.toml) every Slurm test runs on one worker: one
+# cluster per session
 pytestmark = pytest.mark.xdist_group("slurm")
 # 256 8x8 images, batch 32: 8 steps an epoch, a checkpoint every 2 steps; 3 epochs so that a stop lands mid-run
 RUN = ["--variant", "model5", "--data", "synthetic", "--wandb", "disabled", "data.image_size=8",

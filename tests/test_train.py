@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from formats import read_wandb_records
+from formats import read_wandb_records, wandb_items
 
 from resnet_lite import create_model
 from resnet_lite.augment import build_normalize
@@ -369,8 +369,7 @@ def test_torchrun_two_cpu_processes_train_as_one(tmp_path):
     state = weights(out / "model_last.safetensors")
     assert all(not k.startswith("module.") for k in state)
     (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
-    rows = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in read_wandb_records(log)
-            if r.WhichOneof("record_type") == "history"]
+    rows = [wandb_items(r.history.item) for r in read_wandb_records(log) if r.WhichOneof("record_type") == "history"]
     step_rows = [(r["_step"], r["train/loss"]) for r in rows if "train/loss" in r]
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s for s, _ in step_rows] == [4, 8]  # each the mean over an epoch's batches of both processes, as train_loss

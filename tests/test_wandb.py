@@ -16,7 +16,7 @@ import threading
 
 import pytest
 import torch
-from formats import read_wandb_records
+from formats import read_wandb_records, wandb_items
 
 from resnet_lite import create_model
 from resnet_lite.augment import build_normalize
@@ -78,10 +78,6 @@ def offline_run(tmp_path_factory):
     return out, terminal, kinds
 
 
-def _items(items) -> dict:
-    return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in items}
-
-
 def test_the_bar_drew_on_the_terminal_without_nan_and_said_evaluating(offline_run):
     out, terminal, kinds = offline_run
     assert "img/s" in terminal and "run eta" in terminal  # the rich bar was live, with the whole run's ETA
@@ -109,7 +105,7 @@ def test_config_is_the_resolved_one_with_what_the_run_measured(offline_run):
     out, terminal, kinds = offline_run
     config = {}
     for r in kinds["config"]:
-        config.update({k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in _items(r.config.update).items()})
+        config.update({k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in wandb_items(r.config.update).items()})
     cfg = resolve_config(overrides=[])
     assert {"model", "optim", "schedule", "augment", "ema", "wandb", "data"} <= set(config)
     assert config["mixed_precision"] == "no"  # what ran, not "auto"
@@ -122,7 +118,7 @@ def test_config_is_the_resolved_one_with_what_the_run_measured(offline_run):
 
 def test_history_has_per_step_loss_and_lr_and_per_epoch_metrics(offline_run):
     out, terminal, kinds = offline_run
-    rows = [_items(r.history.item) for r in kinds["history"]]
+    rows = [wandb_items(r.history.item) for r in kinds["history"]]
     steps = [r for r in rows if "train/loss" in r]
     assert [r["_step"] for r in steps] == list(range(EVERY, EPOCHS * STEPS_PER_EPOCH + 1, EVERY))  # 3, 6
     factor = lr_factor(ScheduleConfig(), STEPS_PER_EPOCH, EPOCHS)
@@ -140,7 +136,7 @@ def test_summary_holds_the_best_values(offline_run):
     out, terminal, kinds = offline_run
     summary = {}
     for r in kinds["summary"]:
-        summary.update(_items(r.summary.update))
+        summary.update(wandb_items(r.summary.update))
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert summary["test_acc"]["max"] == max(m["test_acc"] for m in metrics)
     assert summary["test_acc"]["last"] == metrics[-1]["test_acc"]
