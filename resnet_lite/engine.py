@@ -140,6 +140,7 @@ class Loop:
     stop_check_every: int = 1  # steps between stop checks (checkpoints and an epoch's last step always check)
     ema: object | None = None  # timm ModelEmaV3, or None
     ema_cfg: EMAConfig | None = None
+    total_steps: int = 0  # optimizer steps of the whole run: the EMA's decay ramp (ema.ramp_power) needs it
     after_step: Callable | None = None  # a test hook (resnet_lite.hooks.step_hook), None in real runs
     step_log: Callable | None = None  # (step, loss_sum on the device, images, lr) after each step: loggers.StepLog
 
@@ -189,7 +190,7 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
         loop.scheduler.step()
         loop.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        update_ema(loop.ema, loop.model, loop.ema_cfg, state.step)
+        update_ema(loop.ema, loop.model, loop.ema_cfg, state.step, loop.total_steps)
         seen += n
         trained += n * world
         progress.update(n * world, lambda: (loss_sum / seen).item(), lr)

@@ -158,11 +158,17 @@ class Progress:
             self.bar.stop()
         acc = "-" if row["test_acc"] is None else f"{100 * row['test_acc']:.2f}%"
         test_loss = "-" if row["test_loss"] is None else f"{row['test_loss']:.4f}"
-        cells = (f"{row['epoch']}/{self.epochs}", f"{row['train_loss']:.4f}", test_loss, acc, f"{row['lr']:.2e}",
-                 f"{row['epoch_seconds']:.1f}s", f"{row['images_per_second']:.0f}")
-        widths = (9, 10, 9, 8, 9, 8, 8)
+        cells = [f"{row['epoch']}/{self.epochs}", f"{row['train_loss']:.4f}", test_loss, acc, f"{row['lr']:.2e}",
+                 f"{row['epoch_seconds']:.1f}s", f"{row['images_per_second']:.0f}"]
+        widths, columns = [9, 10, 9, 8, 9, 8, 8], list(self.COLUMNS)
+        if "test_acc_raw" in row:  # an EMA is evaluated: its accuracy, then the raw weights'
+            columns[3] = "ema acc"
+            raw = row["test_acc_raw"]
+            cells.insert(4, "-" if raw is None else f"{100 * raw:.2f}%")
+            columns.insert(4, "raw acc")
+            widths.insert(4, 8)
         if not self.header_done:
-            self.print("  ".join(c.rjust(w) for c, w in zip(self.COLUMNS, widths)))
+            self.print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
             self.header_done = True
         self.print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
 
@@ -182,11 +188,13 @@ def print_final(summary: dict, classes: list[str]) -> None:
     table = Table(title=f"{summary['model']}: {summary['epochs']} epochs, {summary['run_dir']}")
     table.add_column("")
     table.add_column("value", justify="right")
-    rows = [("best test acc", f"{100 * summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']})"),
-            ("final test acc", f"{100 * summary['final_test_acc']:.2f}%"),
-            ("params", f"{summary['params']:,}"),
-            ("processes", str(summary["world_size"])),
-            ("training time", fmt_time(summary["total_seconds"]))]
+    which = " (EMA)" if summary.get("ema") else ""
+    rows = [(f"best test acc{which}", f"{100 * summary['best_test_acc']:.2f}% (epoch {summary['best_epoch']})"),
+            (f"final test acc{which}", f"{100 * summary['final_test_acc']:.2f}%")]
+    if summary.get("final_test_acc_raw") is not None:
+        rows.append(("final test acc (raw weights)", f"{100 * summary['final_test_acc_raw']:.2f}%"))
+    rows += [("params", f"{summary['params']:,}"), ("processes", str(summary["world_size"])),
+             ("training time", fmt_time(summary["total_seconds"]))]
     rows += [(f"  {name}", f"{100 * summary['per_class_acc'][name]:.2f}%") for name in classes[:20]]
     for row in rows:
         table.add_row(*row)

@@ -46,6 +46,7 @@ __all__ = ["Trainer"]
 
 CURVES_EVERY = 300.0  # seconds between redraws of curves.png during a run (always drawn at the end)
 WANDB_SAMPLES = 32  # test images in the W&B table of sample predictions
+EMA_WARN = 0.01  # the EMA's final test accuracy this far below the raw weights' gets a warning
 
 
 class Trainer:
@@ -189,6 +190,8 @@ class Trainer:
         compiled = (functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
                     else (lambda module: module))
         self.evaluator = TTA(compiled(self.evaluated), cfg.tta)  # the plain module: no collective in forward
+        # with an EMA, the raw weights are evaluated beside it: an average that lags them shows (ema.eval_raw)
+        self.raw_evaluator = TTA(compiled(self.model), cfg.tta) if self.ema is not None and cfg.ema.eval_raw else None
         self.normalize = build_normalize(self.ds.mean, self.ds.std)
         self.loop = Loop(
             accelerator, self.model, compiled(prepared), optimizer, scheduler,
@@ -196,8 +199,8 @@ class Trainer:
             augment=build_augment(cfg.augment, self.ds.mean, self.ds.std),
             generator=torch.Generator(device=self.device), seed=cfg.seed, grad_accum=cfg.grad_accum,
             channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps,
-            stop_check_every=cfg.stop_check_every, ema=self.ema,
-            ema_cfg=cfg.ema, after_step=hooks.step_hook())
+            stop_check_every=cfg.stop_check_every, ema=self.ema, ema_cfg=cfg.ema,
+            total_steps=cfg.epochs * self.steps_per_epoch, after_step=hooks.step_hook())
         self.wrapped = self.loop.wrapped
 
     def _restore(self, checkpoint: dict) -> None:
@@ -308,7 +311,7 @@ class Trainer:
         """Train the remaining epochs, evaluating, selecting the best and saving after each; returns the summary."""
         cfg, state = self.cfg, self.state
         self.check = StopCheck(self.stop_flag, self.device, self.world)
-        self.result, self.first_indices = None, None
+        self.result, self.raw_result, self.first_indices = None, None, None
         self.t_start, last_curves = time.perf_counter(), time.perf_counter()
         for epoch in range(state.epoch, cfg.epochs):
             t_epoch = time.perf_counter()
@@ -348,9 +351,17 @@ class Trainer:
         base, factor = scheduler.base_lrs[0], scheduler.lr_lambdas[0]
         return [(s / self.steps_per_epoch, base * factor(s)) for s in range(0, total + 1, max(total // 500, 1))]
 
-    def _evaluate(self, loader: DeviceLoader) -> dict:
-        return evaluate_loader(self.evaluator, loader, self.normalize, self.num_classes, self.accelerator,
+    def _evaluate(self, loader: DeviceLoader, evaluator=None) -> dict:
+        return evaluate_loader(evaluator or self.evaluator, loader, self.normalize, self.num_classes, self.accelerator,
                                self.cfg.channels_last)
+
+    def _evaluate_raw(self) -> dict | None:
+        """The raw weights on the test split, when an EMA is what gets evaluated (and ema.eval_raw)."""
+        if self.raw_evaluator is None:
+            return None
+        if self.world > 1 and not self.cfg.sync_bn:
+            average_bn_stats(self.model, self.accelerator)
+        return self._evaluate(self.test_loader, self.raw_evaluator)
 
     def _end_epoch(self, epoch: int, done: EpochResult, t_epoch: float) -> tuple[dict, bool]:
         """Evaluate when due, add the metrics row, update the best; returns (row, whether this epoch is selected)."""
@@ -362,11 +373,15 @@ class Trainer:
             if self.world > 1 and not cfg.sync_bn:
                 average_bn_stats(self.evaluated, self.accelerator)
             self.result = self._evaluate(self.test_loader)
+            self.raw_result = self._evaluate_raw()
             val = self._evaluate(self.val_loader) if self.val_loader is not None else None
         row = {"epoch": epoch + 1, "step": state.step, "train_loss": done.train_loss,
                "test_loss": self.result["loss"] if evaluated else None,
                "test_acc": self.result["acc"] if evaluated else None, "lr": done.lr,
                "epoch_seconds": time.perf_counter() - t_epoch, "images_per_second": done.images_per_second}
+        if self.raw_evaluator is not None:
+            raw = self.raw_result if evaluated else None
+            row.update(test_loss_raw=raw and raw["loss"], test_acc_raw=raw and raw["acc"])
         if self.val_loader is not None:
             row.update(val_loss=val["loss"] if val else None, val_acc=val["acc"] if val else None)
         self.rows.append(row)
@@ -430,7 +445,7 @@ class Trainer:
         """summary.json, model_last.safetensors, curves.png and the final W&B and console output."""
         cfg, state, ds = self.cfg, self.state, self.ds
         if self.result is None:  # nothing left to train (a finished run resumed): evaluate for the summary
-            self.result = self._evaluate(self.test_loader)
+            self.result, self.raw_result = self._evaluate(self.test_loader), self._evaluate_raw()
         result = self.result
         summary = {
             "model": cfg.model, "run_dir": str(self.run_dir), "dataset": ds.name, "epochs": cfg.epochs,
@@ -441,6 +456,8 @@ class Trainer:
             "mixed_precision": self.accelerator.mixed_precision, "devices": gather_object([_device_name(self.device)]),
             "versions": _versions(), "ema": cfg.ema.enabled, "tta": cfg.tta, "initial_weights": self.initial_weights,
         }
+        if self.raw_result is not None:
+            summary.update(final_test_acc_raw=self.raw_result["acc"], final_test_loss_raw=self.raw_result["loss"])
         if self.val_loader is not None:  # model_best.safetensors is the best epoch on the held-out split
             last_val = next((r["val_acc"] for r in reversed(self.rows) if r.get("val_acc") is not None), None)
             summary.update(final_val_acc=last_val, best_val_acc=state.best_val["acc"],
@@ -454,6 +471,11 @@ class Trainer:
             if self.wandb_mode != "disabled":
                 self._log_wandb_final(result, summary)
             print_final(summary, ds.classes)
+            if self.raw_result is not None and result["acc"] < self.raw_result["acc"] - EMA_WARN:
+                self.progress.print(
+                    f"warning: the weight average (EMA) ends {100 * (self.raw_result['acc'] - result['acc']):.1f} points "
+                    f"below the raw weights ({100 * result['acc']:.2f}% against {100 * self.raw_result['acc']:.2f}%); "
+                    f"shorten it (lower ema.decay, or ema.ramp_power=3) or turn it off (ema.enabled=false)")
         return summary
 
     def _log_wandb_final(self, result: dict, summary: dict) -> None:

@@ -221,11 +221,14 @@ def test_every_new_option_is_reachable_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     main(["--output-dir", str(out), *TINY, "epochs=1", "tta=1", "drop_last=true", "data.holdout=32",
           "label_smoothing=0.2", "ema.enabled=true", "ema.decay=0.9", "ema.every=2", "ema.warmup_power=0.75",
-          "ema.copy_buffers=true"])
+          "ema.ramp_power=3", "ema.copy_buffers=true", "ema.eval_raw=false"])
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert (cfg["tta"], cfg["drop_last"], cfg["data"]["holdout"], cfg["label_smoothing"]) == (1, True, 32, 0.2)
-    assert cfg["ema"] == {"enabled": True, "decay": 0.9, "every": 2, "warmup_power": 0.75, "copy_buffers": True}
-    assert json.loads((out / "summary.json").read_text())["steps"] == 3  # (256 - 32) // 64 with drop_last
+    assert cfg["ema"] == {"enabled": True, "decay": 0.9, "every": 2, "warmup_power": 0.75, "ramp_power": 3.0,
+                          "copy_buffers": True, "eval_raw": False}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 3  # (256 - 32) // 64 with drop_last
+    assert "final_test_acc_raw" not in summary and "test_acc_raw" not in rows_of(out)[0]  # eval_raw=false
 
     capsys.readouterr()
     main(["--list"])
@@ -237,6 +240,8 @@ def test_every_new_option_is_reachable_from_the_command_line(tmp_path, capsys):
     ("tta=3", "error: tta=3 is not one of 0, 1, 2"),
     ("ema.decay=1.5", "error: ema: decay=1.5 must be in [0, 1)"),
     ("ema.every=0", "error: ema: decay=0.999 must be in [0, 1), every=0 >= 1"),
+    ("ema.ramp_power=-1", "error: ema: decay=0.999 must be in [0, 1), every=1 >= 1, warmup_power=0.0 >= 0 and "
+                          "ramp_power=-1.0 >= 0"),
     ("ema.decy=0.9", "error: unknown setting 'ema.decy' in the overrides; did you mean 'ema.decay'?"),
 ])
 def test_bad_new_options_are_one_line_errors(override, message, capsys):
