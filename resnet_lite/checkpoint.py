@@ -18,12 +18,12 @@ import torch
 from .errors import UserError
 from .files import atomic_write
 from .hooks import crash_point
+from .rundir import CHECKPOINTS
 from .state import REQUIRED
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint", "resumable_checkpoint",
-           "save_weights", "load_weights", "run_of", "CHECKPOINT_DIR"]
+           "save_weights", "load_weights"]
 
-CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
 
@@ -66,18 +66,12 @@ def save_checkpoint(state: dict, directory, keep: int, best_step: int | None = N
     return path
 
 
-def run_of(checkpoint) -> Path:
-    """The run directory a checkpoint file belongs to."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else checkpoint.parent
-
-
 def find_checkpoint(path) -> Path | None:
     """The checkpoint `path` names: a checkpoint file, or the newest one in a run directory (or its checkpoints/)."""
     path = Path(path)
     if path.is_file():
         return path
-    for directory in (path / CHECKPOINT_DIR, path):
+    for directory in (path / CHECKPOINTS, path):
         if found := list_checkpoints(directory):
             return found[-1]
     return None
@@ -106,7 +100,7 @@ def resumable_checkpoint(path, warn=print) -> tuple[Path, dict] | None:
     path = Path(path)
     if path.is_file():
         return path, load_checkpoint(path)
-    found = list_checkpoints(path / CHECKPOINT_DIR) or list_checkpoints(path)
+    found = list_checkpoints(path / CHECKPOINTS) or list_checkpoints(path)
     errors = []
     for candidate in reversed(found):
         try:

@@ -52,8 +52,9 @@ class TrainConfig:
                 "(timm's --pretrained-path: pretrained_cfg_overlay=dict(file=...))"})
     initial_checkpoint: str | None = field(default=None, metadata={
         "help": "start from these weights: a .safetensors or .pth file (a state_dict, a seed-notebook "
-                "best_model.pth, a timm or resnet_lite checkpoint) or a run directory (its model_best, else "
-                "model_last); a new number of classes gets a new classifier. --resume never reloads it"})
+                "best_model.pth, a timm or resnet_lite checkpoint) or a run directory (its model_last; give "
+                "model_best.safetensors itself for the best epoch); a new number of classes gets a new classifier. "
+                "--resume never reloads it"})
     drop_rate: float = field(default=0.0, metadata={"help": "dropout before the classifier"})
     epochs: int = field(default=70, metadata={"help": "passes over the training split"})
     batch_size: int = field(default=128, metadata={

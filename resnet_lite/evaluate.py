@@ -7,13 +7,15 @@
     accelerate launch -m resnet_lite.evaluate runs/m5               # each process takes a shard; the sums are reduced
 
 Writes evaluation-<weights>-<split>-tta<level>.json and confusion-<...>.png into the run directory (or --output DIR),
-e.g. evaluation-last-test-tta1.json, with the data's name added for other data than the run's own: evaluating again
+e.g. evaluation-last-test-tta1.json; with any other data, batch size or precision than the run's own, the data's name
+and a hash of those settings are added (evaluation-last-test-tta1-imagefolder_images-3f9c2a1b.json): evaluating again
 with other settings keeps the earlier files, and again with the same settings rewrites the same result. The
 computation is the trainer's own test pass (resnet_lite.engine.evaluate_loader through resnet_lite.tta.TTA), so the
 run's last weights on its test data, with
 its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
 """
 import dataclasses
+import hashlib
 import json
 import re
 import sys
@@ -26,7 +28,8 @@ from .engine import accelerator_session, evaluate_loader, resolve_mixed_precisio
 from .errors import ArgumentParser, UserError, cli
 from .files import write_json
 from .plots import plot_confusion
-from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
+from .rundir import RUN_OR_WEIGHTS, WEIGHTS, evaluation_files
+from .runs import Run, load_run
 from .tta import TTA, tta_level
 
 __all__ = ["evaluate", "main"]
@@ -91,22 +94,34 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
         report = _report(run, data_cfg.spec, split, tta, batch_size, result, accelerator)
         if accelerator.is_main_process:
             out = Path(output) if output else (run.run_dir or run.weights.parent)
-            name = output_name(run, data_cfg.spec, split, tta)
-            write_json(report, out / f"evaluation-{name}.json")
-            plot_confusion(result["confusion"], run.classes, out / f"confusion-{name}.png",
+            name = output_name(run, data_cfg, split, tta, batch_size, accelerator.mixed_precision)
+            report_file, figure = evaluation_files(out, name)
+            write_json(report, report_file)
+            plot_confusion(result["confusion"], run.classes, figure,
                            f"{run.meta['model']} on {ds.name} {split}: {100 * result['acc']:.2f}%")
-            report["files"] = [str(out / f"evaluation-{name}.json"), str(out / f"confusion-{name}.png")]
+            report["files"] = [str(report_file), str(figure)]
     return report
 
 
-def output_name(run: Run, spec: str, split: str, tta: int) -> str:
-    """'last-test-tta1': the weights, split and TTA level of an evaluation, and the data when it is not the run's own
-    ('m-test-tta0-imagefolder_cifar10-jpeg' for imagefolder:~/data/cifar10-jpeg), so that evaluations with other
-    settings get files of their own."""
+def output_name(run: Run, data: DataConfig, split: str, tta: int, batch_size: int, precision: str) -> str:
+    """'last-test-tta1': the weights, split and TTA level of an evaluation with the run's own data, eval batch size and
+    precision. Any other setting adds the data's name and a hash of every setting that can change the result
+    ('m-test-tta0-imagefolder_images-3f9c2a1b' for imagefolder:~/images), so that an evaluation with other settings,
+    even of another folder of the same name, never replaces an earlier one, and the same settings rewrite the same
+    files."""
     weights = run.weights.stem.removeprefix("model_")
-    kind, _, folder = spec.partition(":")
-    data = "" if run.config and spec == run.config.data.spec else "-" + kind + (f"_{Path(folder).name}" if folder else "")
-    return re.sub(r"[^\w.-]+", "_", f"{weights}-{split}-tta{tta}{data}")
+    name = f"{weights}-{split}-tta{tta}"
+    recorded = (run.summary or {}).get("mixed_precision")
+    if (run.config is not None and data == run.config.data and batch_size == run.config.eval_batch_size
+            and recorded in (None, precision)):
+        return name
+    kind, _, folder = data.spec.partition(":")
+    where = str(Path(folder).expanduser().resolve()) if folder else data.spec
+    settings = dict(dataclasses.asdict(data), spec=f"{kind}:{where}" if folder else kind, batch_size=batch_size,
+                    precision=precision)
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+    label = kind + (f"_{Path(folder).name}" if folder else "")
+    return re.sub(r"[^\w.-]+", "_", f"{name}-{label}-{digest}")
 
 
 def _short(names: list[str]) -> str:

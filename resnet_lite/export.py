@@ -133,10 +133,13 @@ def export_timm(run: Run, folder) -> float:
     return diff
 
 
-def export(path, fmt: str, output, weights: str = "last") -> tuple[Path, float]:
-    """Export the model at `path` (see resnet_lite.runs.load_run) as `fmt` to `output`; (output, max difference)."""
+def export(path, fmt: str, output, weights: str = "last", overwrite: bool = False) -> tuple[Path, float]:
+    """Export the model at `path` (see resnet_lite.runs.load_run) as `fmt` to `output`; (output, max difference).
+    An existing `output` is replaced only with `overwrite` (a typo must not destroy model_last.safetensors)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
+    if Path(output).exists() and not overwrite:
+        raise UserError(f"{output} exists; pass --overwrite to replace it, or choose another --output")
     run = load_run(path, weights)
     writer = {"onnx": export_onnx, "torchscript": export_torchscript, "safetensors": export_timm}[fmt]
     return Path(output), writer(run, output)
@@ -149,14 +152,16 @@ def build_parser() -> ArgumentParser:
                    help="onnx: a .onnx file; torchscript: a .pt archive; safetensors: a timm folder")
     p.add_argument("--output", required=True, metavar="PATH", help="the file (onnx, torchscript) or folder (safetensors)")
     p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (without it, that is an error)")
     return p
 
 
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    out, diff = export(args.path, args.format, args.output, args.weights)
-    print(f"wrote {out} ({args.format}); reloaded, its outputs match PyTorch's within {diff:.2g}" + ("; timm loads it only after `import resnet_lite` (no plugin discovery)" if args.format == "safetensors" else ""))
+    out, diff = export(args.path, args.format, args.output, args.weights, args.overwrite)
+    note = "; timm loads it only after `import resnet_lite` (no plugin discovery)" if args.format == "safetensors" else ""
+    print(f"wrote {out} ({args.format}); reloaded, its outputs match PyTorch's within {diff:.2g}{note}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
     model, origin = initial_model("resnet18", num_classes=10, pretrained=True)                  # timm's hub/url weights
     model, origin = initial_model("lite_r4b2", 10, pretrained=True, pretrained_path="w.safetensors")  # timm loads a file
-    model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # model_best, else model_last, of a run
+    model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # a run's weights: its model_last
 
 Files are read by timm's own load_state_dict (safetensors or torch files; a `state_dict`/`model` entry of a
 checkpoint, its EMA first; DDP/torch.compile prefixes removed), so a seed-notebook best_model.pth, a timm or resnet_lite
@@ -19,24 +19,16 @@ import torch
 from .errors import UserError
 from .models import create_model
 from .optim import classifier_prefixes
+from .rundir import weights_file
 
 __all__ = ["initial_model", "resolve_weights_file", "read_state_dict", "fit_state_dict", "pretrained_source"]
 
-RUN_WEIGHTS = ("model_best.safetensors", "model_last.safetensors", "model.safetensors")  # a run's, a timm folder's
-
-
 def resolve_weights_file(path) -> Path:
-    """The file `path` names: itself, or a run directory's model_best (else model_last), or a timm folder's weights."""
+    """The file `path` names: itself, a run directory's weights (model_last) or an exported folder's."""
     path = Path(path)
-    if path.is_file():
-        return path
-    if path.is_dir():
-        found = next((path / name for name in RUN_WEIGHTS if (path / name).is_file()), None)
-        if found is None:
-            raise UserError(f"{path} holds no {' or '.join(RUN_WEIGHTS)}; give a weights file, or a run directory "
-                            f"that has finished an epoch")
-        return found
-    raise UserError(f"initial weights {path} do not exist; give a .safetensors or .pth file or a run directory")
+    if not path.exists():
+        raise UserError(f"initial weights {path} do not exist; give a .safetensors or .pth file or a run directory")
+    return weights_file(path)
 
 
 def read_state_dict(path: Path) -> dict:

@@ -20,11 +20,10 @@ from .checkpoint import load_weights
 from .config import TrainConfig, from_dict, read_yaml
 from .errors import UserError
 from .models import create_model
+from .rundir import CONFIG, RUN_OR_WEIGHTS, SUMMARY, WEIGHTS, weights_file
 
 __all__ = ["Run", "load_run", "WEIGHTS", "RUN_OR_WEIGHTS"]
 
-WEIGHTS = {"last": "model_last.safetensors", "best": "model_best.safetensors"}
-RUN_OR_WEIGHTS = "a run directory, a .safetensors weights file or a folder written by `export --format safetensors`"
 _META_KEYS = ("model", "num_classes", "in_chans", "classes", "mean", "std")
 
 
@@ -68,34 +67,18 @@ def _timm_folder(folder: Path) -> tuple[dict, dict]:
     return state_dict, meta
 
 
-def _weights_path(path: Path, which: str) -> Path:
-    if not path.exists():
-        raise UserError(f"{path} does not exist; give {RUN_OR_WEIGHTS}")
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            hint = " (a training checkpoint: give its run directory instead)" if path.suffix in (".pt", ".pth") else ""
-            raise UserError(f"{path} is not a .safetensors weights file{hint}; give {RUN_OR_WEIGHTS}")
-        return path
-    weights = path / WEIGHTS[which]
-    if not weights.is_file():
-        other = next((k for k, name in WEIGHTS.items() if k != which and (path / name).is_file()), None)
-        hint = f"; its {WEIGHTS[other]} exists: use --weights {other}" if other else (
-            "; the run has not finished an epoch yet" if (path / "config.yaml").is_file() else f"; give {RUN_OR_WEIGHTS}")
-        raise UserError(f"{path} has no {WEIGHTS[which]}{hint}")
-    return weights
-
-
 def load_run(path, which: str = "last") -> Run:
     """The model and preprocessing of `path`: a run directory (its model_<which>.safetensors), a weights file, or a
     timm-style export folder. The run's config and summary come along when the weights sit in a run directory."""
     path = Path(path)
-    if which not in WEIGHTS:
-        raise UserError(f"--weights {which} is not one of {', '.join(WEIGHTS)}")
     if path.is_dir() and (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         weights = path / "model.safetensors"
         state_dict, meta = _timm_folder(path)
     else:
-        weights = _weights_path(path, which)
+        weights = weights_file(path, which)
+        if weights.suffix != ".safetensors":
+            hint = " (a training checkpoint: give its run directory instead)" if weights.suffix in (".pt", ".pth") else ""
+            raise UserError(f"{weights} is not a .safetensors weights file{hint}; give {RUN_OR_WEIGHTS}")
         state_dict, meta = load_weights(weights)
         if missing := [k for k in _META_KEYS if k not in meta]:
             raise UserError(f"{weights} lacks the metadata {', '.join(missing)} that resnet_lite.train writes; "
@@ -109,10 +92,10 @@ def load_run(path, which: str = "last") -> Run:
     model.eval()
 
     run_dir, config, summary = weights.parent, None, None
-    if (run_dir / "config.yaml").is_file():
-        config = from_dict(TrainConfig, read_yaml(run_dir / "config.yaml"))
-        if (run_dir / "summary.json").is_file():
-            summary = json.loads((run_dir / "summary.json").read_text())
+    if (run_dir / CONFIG).is_file():
+        config = from_dict(TrainConfig, read_yaml(run_dir / CONFIG))
+        if (run_dir / SUMMARY).is_file():
+            summary = json.loads((run_dir / SUMMARY).read_text())
     else:
         run_dir = None
     return Run(model, meta, weights, run_dir, config, summary, build_normalize(meta["mean"], meta["std"]))

@@ -17,8 +17,10 @@
 A run directory (--output-dir, default runs/<preset or model>-<YYYYmmdd-HHMMSS>) holds config.yaml (resolved),
 metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and model_last.safetensors (the plain
 model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.checkpoint)
-and, with W&B on, wandb/. A directory that already holds a run is an error unless --resume continues it or --overwrite
-replaces it; config.yaml leaves output_dir null, so `--config runs/x/config.yaml` starts a new run elsewhere.
+and, with W&B on, wandb/ (resnet_lite.rundir owns the layout and the rules). A directory that already holds a run is an
+error unless --resume continues it or --overwrite replaces it; the main process holds the folder's lock for the whole
+run, so a second trainer there is an error too; config.yaml leaves output_dir null, so `--config runs/x/config.yaml`
+starts a new run elsewhere.
 
 Stopping and resuming: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 (Slurm's warning) lets the current step finish, saves a
 checkpoint and exits 75; all processes stop after the same step. A second signal ends the process at once. `--resume`
@@ -43,7 +45,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import resumable_checkpoint, run_of
+from . import rundir
+from .checkpoint import resumable_checkpoint
 from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
 from .data import SPECS
 from .engine import accelerator_session, resolve_mixed_precision
@@ -57,19 +60,31 @@ __all__ = ["train", "main"]
 
 
 def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
-    """Train as `cfg` says, continuing from the checkpoint file `resume` when given. Returns the summary.
+    """Train as `cfg` says; returns the summary. resume: a checkpoint file to continue, or True: cfg.output_dir's
+    newest checkpoint, else a new run there if that loses nothing (resnet_lite.rundir's rules); overwrite: replace
+    the run cfg.output_dir holds (its run files are removed once the inputs are checked).
 
-    An output_dir that already holds a run is an error (UserError) unless `resume` continues it or `overwrite`
-    replaces it (its run files are removed once the inputs are checked).
-
+    The main process holds the run directory's lock for the whole run: a second trainer there gets a UserError.
     Raises Preempted after a stop signal (a checkpoint was saved: resume it) and NonFiniteLoss (nothing was saved after
     the last good checkpoint); both end every process at the same step."""
+    if resume is True:
+        if cfg.output_dir is None:
+            raise UserError("resume=True continues the run in output_dir; set output_dir")
+        found = resumable_checkpoint(cfg.output_dir, warn=_print_main)
+        resume = found[0] if found else None
+        intent = "resume"
+    else:
+        resume = resume or None
+        intent = "resume" if resume else "overwrite" if overwrite else "new"
+    if resume and overwrite:
+        raise UserError(f"--resume continues {resume} but --overwrite would start its run again; give one of them")
     logging = wandb_mode(cfg.wandb)[0] != "disabled"
     with stop_signals() as stop_flag, accelerator_session(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision), log_with="wandb" if logging else None,
             # the batch size is global: Accelerate would step a prepared scheduler once per process
             step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
-        return Trainer(cfg, accelerator, resume, stop_flag, overwrite=overwrite).fit()
+        with rundir.claimed(cfg.output_dir, cfg.name or cfg.model, accelerator, intent, resume) as run_dir:
+            return Trainer(cfg, accelerator, run_dir, resume, stop_flag, overwrite=overwrite).fit()
 
 
 # ---------------------------------------------------------------------------------------------- command line
@@ -156,30 +171,23 @@ def main(argv=None):
         found = resumable_checkpoint(args.resume, warn=_print_main)
         if found is None:
             raise UserError(f"no checkpoint at {args.resume}; give a run directory with checkpoints/ or a .pt file")
-    checkpoint = found[0] if found else None
-    overwrite = args.overwrite
+    if found and args.overwrite:
+        raise UserError(f"--resume continues {found[0]} but --overwrite would start its run again; give one of them")
     if found:  # the run's own config, changed only by what this command line sets explicitly
-        if args.overwrite:
-            raise UserError(f"--resume continues {checkpoint} but --overwrite would start its run again; give one of them")
         run_model = found[1]["config"]["model"]
         if (args.variant or args.config) and cfg.model != run_model:
             source = f"--variant {args.variant}" if args.variant else f"--config {args.config}"
-            raise UserError(f"{source} trains {cfg.model} but the run resumed from {checkpoint} trains {run_model}; "
+            raise UserError(f"{source} trains {cfg.model} but the run resumed from {found[0]} trains {run_model}; "
                             f"resume without it (the run keeps its own config), or start a new run in another --output-dir")
-        flags["output_dir"] = args.output_dir or str(run_of(checkpoint))
+        flags["output_dir"] = args.output_dir or str(rundir.run_of(found[0]))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
-    elif args.resume:
-        if (Path(cfg.output_dir) / "summary.json").is_file() and not args.overwrite:
-            raise UserError(f"{cfg.output_dir} holds a finished run (summary.json) but no checkpoint to continue; "
-                            f"choose another --output-dir, or pass --overwrite to train it again")
-        overwrite = True  # what a run killed before its first checkpoint left (config.yaml, metrics.jsonl) goes
-        if not args.print_config:
-            _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    if args.resume and not found:
+        _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
     try:
-        train(cfg, resume=checkpoint, overwrite=overwrite)
+        train(cfg, resume=found[0] if found else bool(args.resume), overwrite=args.overwrite)
     except Preempted as e:
         _print_main(str(e))
         sys.exit(EXIT_PREEMPTED)

@@ -1,7 +1,7 @@
 """The Trainer: one run, built in named steps, then fit() (the epochs), saves, stops and the final files.
 
-    with stop_signals() as flag, accelerator_session(...) as accelerator:
-        summary = Trainer(cfg, accelerator, resume="runs/x/checkpoints/step-00000120.pt", stop_flag=flag).fit()
+    with stop_signals() as flag, accelerator_session(...) as accelerator, rundir.claimed(...) as run_dir:
+        summary = Trainer(cfg, accelerator, run_dir, resume="runs/x/checkpoints/step-00000120.pt", stop_flag=flag).fit()
 
 Building: check the inputs (cheap errors first) -> data -> model (and restore its weights) -> the loop's parts
 (optimizer, schedule, augmentation) -> restore the rest of a checkpoint -> loggers. The network has one name per role:
@@ -11,7 +11,6 @@ torch.compile), `evaluated` the module whose weights are evaluated and saved (th
 """
 import dataclasses
 import functools
-import itertools
 import os
 import platform
 import secrets
@@ -20,12 +19,12 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import gather_object, set_seed
 
-from . import __version__, hooks
+from . import __version__, hooks, rundir
 from .augment import build_augment, build_normalize
 from .augment import resolve as resolve_augment
-from .checkpoint import CHECKPOINT_DIR, list_checkpoints, load_checkpoint, run_of, save_checkpoint, save_weights
+from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_weights
 from .config import TrainConfig, to_dict, to_yaml
 from .data import DeviceLoader, load_data
 from .ema import build_ema
@@ -55,18 +54,19 @@ class Trainer:
     fit() returns the summary; it raises Preempted after a stop signal (a checkpoint was saved: resume it) and
     NonFiniteLoss (nothing was saved after the last good checkpoint); both end every process at the same step."""
 
-    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, resume=None, stop_flag: StopFlag | None = None,
-                 overwrite: bool = False):
-        """overwrite: start a new run in an output_dir that holds one (its files are removed once the inputs are
-        checked); without it such a directory is an error, unless `resume` continues it."""
+    def __init__(self, cfg: TrainConfig, accelerator: Accelerator, run_dir, resume=None,
+                 stop_flag: StopFlag | None = None, overwrite: bool = False):
+        """run_dir: the folder this process may write, claimed by the caller (resnet_lite.rundir.claimed); resume: the
+        checkpoint file to continue; overwrite: the folder holds an earlier run whose files go once the inputs are
+        checked."""
         self.accelerator, self.resume, self.overwrite = accelerator, resume, overwrite
         self.stop_flag = stop_flag or StopFlag()
         self.rank, self.world, self.device = accelerator.process_index, accelerator.num_processes, accelerator.device
         self.is_main = accelerator.is_main_process
         self.wandb_mode, self.wandb_hint = wandb_mode(cfg.wandb)
         checkpoint = load_checkpoint(resume) if resume else None
-        self.run_dir = self._run_dir(cfg)
-        if cfg.initial_checkpoint and not checkpoint:  # config.yaml names the very file (a run directory's best)
+        self.run_dir = Path(run_dir)
+        if cfg.initial_checkpoint and not checkpoint:  # config.yaml names the very file (a run's weights)
             cfg = dataclasses.replace(cfg, initial_checkpoint=str(resolve_weights_file(cfg.initial_checkpoint)))
         self.cfg = cfg = dataclasses.replace(cfg, output_dir=str(self.run_dir))
         self._check_inputs(checkpoint)
@@ -80,28 +80,6 @@ class Trainer:
         self._start_logging()
 
     # ------------------------------------------------------------------------------------------ building
-
-    def _run_dir(self, cfg: TrainConfig) -> Path:
-        """The run directory, the same on every process; a UserError on all of them when it holds a run this one would
-        replace. The main process decides both (one clock, one look at the folder: a process that looked after the
-        main one wrote config.yaml would refuse alone and leave the others waiting)."""
-        decision = [None, None]  # (directory, what of a run it holds)
-        if self.is_main:
-            if cfg.output_dir:
-                decision[0] = cfg.output_dir
-                elsewhere = self.resume is not None and Path(cfg.output_dir).resolve() != run_of(self.resume).resolve()
-                if (self.resume is None or elsewhere) and not self.overwrite:  # a resume into another run's folder too
-                    decision[1] = held_run(Path(cfg.output_dir))
-            else:
-                base = f"runs/{cfg.name or cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-                decision[0] = next(p for i in itertools.count() if not Path(p := base if i == 0 else f"{base}-{i}").exists())
-        if self.world > 1:
-            broadcast_object_list(decision)
-        run_dir, held = decision
-        if held:
-            raise UserError(f"{run_dir} already holds a run ({', '.join(held)}); continue it with --resume, choose "
-                            f"another --output-dir, or pass --overwrite to replace it")
-        return Path(run_dir)
 
     def _check_inputs(self, checkpoint: dict | None) -> None:
         """The mistakes that need no data: a launcher Accelerate cannot see, settings this machine cannot run, an
@@ -124,7 +102,6 @@ class Trainer:
         if checkpoint and checkpoint["batch"] and checkpoint["config"]["batch_size"] != cfg.batch_size:
             raise UserError(f"checkpoint {resume} stopped mid-epoch at batch_size={checkpoint['config']['batch_size']}; "
                             f"resume with that batch size (an epoch boundary checkpoint may change it)")
-        _check_writable(self.run_dir)
 
     def _load_data(self) -> None:
         cfg, rank, world, device = self.cfg, self.rank, self.world, self.device
@@ -169,11 +146,6 @@ class Trainer:
         if self.ema is not None and checkpoint and checkpoint.get("ema") is not None:
             self.ema.module.load_state_dict(checkpoint["ema"])
         self.evaluated = self.ema.module if self.ema is not None else self.model
-        try:  # only now: a mistake in the data or model settings leaves no empty run directory behind
-            (self.run_dir / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create the run directory {self.run_dir} ({e.strerror}); choose another "
-                            f"--output-dir") from None
 
     def _build_loop(self) -> None:
         cfg, accelerator = self.cfg, self.accelerator
@@ -224,7 +196,7 @@ class Trainer:
             self.state.train_loss_sum, self.state.train_images = loss, images
         else:
             set_rng_state(checkpoint["rng"])
-        self.rows = [r for r in read_metrics(self.run_dir / "metrics.jsonl") if r["epoch"] <= self.state.epoch]
+        self.rows = [r for r in read_metrics(self.run_dir / rundir.METRICS) if r["epoch"] <= self.state.epoch]
 
     def _restretch(self, saved: dict) -> str | None:
         """A resume with another epochs (or steps per epoch) or peak lr than the checkpoint's: the schedule is a
@@ -263,10 +235,7 @@ class Trainer:
             self._start_wandb()
         self.loop.step_log = self.step_log
         if self.is_main:
-            if self.overwrite and self.resume is None and (removed := clear_run(self.run_dir)):
-                self.progress.print(f"starting over in {self.run_dir}: removed the earlier run's {', '.join(removed)}")
-            write_text(self.run_dir / "config.yaml", CONFIG_HEADER + to_yaml(dataclasses.replace(cfg, output_dir=None)))
-            write_metrics(self.rows, self.run_dir / "metrics.jsonl")
+            self._replace_earlier_run_and_write_config()
             where = f"resuming {self.resume} at epoch {state.epoch + 1} step {state.step}" if self.resume else "starting"
             self.progress.print(
                 f"{cfg.model} ({self.params:,} params) on {self.world} x {_device_name(self.device)}, mixed precision "
@@ -279,6 +248,15 @@ class Trainer:
                 self.progress.print(f"note: {self.schedule_note}")
             if self.wandb_hint:
                 self.progress.print(self.wandb_hint)
+
+    def _replace_earlier_run_and_write_config(self) -> None:
+        """Main process, once the inputs are checked: with --overwrite the earlier run's files go (rundir.clear_run);
+        config.yaml and metrics.jsonl (the rows so far) are written."""
+        if self.overwrite and self.resume is None and (removed := rundir.clear_run(self.run_dir)):
+            self.progress.print(f"starting over in {self.run_dir}: removed the earlier run's {', '.join(removed)}")
+        write_text(self.run_dir / rundir.CONFIG,
+                   rundir.CONFIG_HEADER + to_yaml(dataclasses.replace(self.cfg, output_dir=None)))
+        write_metrics(self.rows, self.run_dir / rundir.METRICS)
 
     def _start_wandb(self) -> None:
         """The W&B run (main process; a resume continues it): the resolved config and what the run measured of itself,
@@ -323,12 +301,12 @@ class Trainer:
                 self.first_indices = self.train_loader.local_indices()
             row, selected = self._end_epoch(epoch, done, t_epoch)
             if self.is_main:
-                write_metrics(self.rows, self.run_dir / "metrics.jsonl")
+                write_metrics(self.rows, self.run_dir / rundir.METRICS)
                 if selected and cfg.save_best:
-                    save_weights(self.evaluated.state_dict(), self.run_dir / "model_best.safetensors",
+                    save_weights(self.evaluated.state_dict(), self.run_dir / rundir.WEIGHTS["best"],
                                  dict(self.meta, epoch=epoch + 1))
                 if time.perf_counter() - last_curves > CURVES_EVERY:
-                    plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name, self._schedule())
+                    plot_curves(self.rows, self.run_dir / rundir.CURVES, self.run_dir.name, self._schedule())
                     last_curves = time.perf_counter()
             state.epoch, state.batch, state.train_loss_sum, state.train_images = epoch + 1, 0, 0.0, 0
             every, last = cfg.checkpoint_every_epochs, epoch + 1 == cfg.epochs
@@ -417,14 +395,14 @@ class Trainer:
             "classes": list(self.ds.classes), "world_size": self.world, "rng": rng_state(), "ranks": ranks,
             "initial_weights": self.initial_weights,
             **position.state_dict(),
-        }, self.run_dir / CHECKPOINT_DIR, self.cfg.keep_checkpoints, state.best_step)
+        }, self.run_dir / rundir.CHECKPOINTS, self.cfg.keep_checkpoints, state.best_step)
 
     def stop(self, stop, saved: Path | None, epoch: int) -> None:
         """End the run on every process (raises what main() turns into the exit code), once `saved` is written."""
         self.check.close()
         self.progress.close()
         if stop.diverged:
-            good = list_checkpoints(self.run_dir / CHECKPOINT_DIR)
+            good = list_checkpoints(self.run_dir / rundir.CHECKPOINTS)
             raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
                                 f"without saving it: {f'the last good checkpoint is {good[-1]}' if good else 'no checkpoint yet'}"
                                 f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
@@ -464,10 +442,10 @@ class Trainer:
                            best_val_epoch=state.best_val["epoch"], test_acc_at_best_val=state.best_val["test_acc"])
         self._rank_report(self.first_indices)
         if self.is_main:
-            save_weights(self.evaluated.state_dict(), self.run_dir / "model_last.safetensors",
+            save_weights(self.evaluated.state_dict(), self.run_dir / rundir.WEIGHTS["last"],
                          dict(self.meta, epoch=len(self.rows)))
-            write_json(summary, self.run_dir / "summary.json")
-            plot_curves(self.rows, self.run_dir / "curves.png", self.run_dir.name, self._schedule())
+            write_json(summary, self.run_dir / rundir.SUMMARY)
+            plot_curves(self.rows, self.run_dir / rundir.CURVES, self.run_dir.name, self._schedule())
             if self.wandb_mode != "disabled":
                 self._log_wandb_final(result, summary)
             print_final(summary, ds.classes)
@@ -492,45 +470,10 @@ class Trainer:
         self.evaluated.train(was_training)
         samples = [(image, label, int(p.argmax()), float(p.max())) for image, label, p in zip(images, labels.tolist(), probs)]
         run = self.accelerator.get_tracker("wandb", unwrap=True)
-        log_wandb_final(run, self.run_dir / "curves.png", result["confusion"], self.ds.classes, samples)
+        log_wandb_final(run, self.run_dir / rundir.CURVES, result["confusion"], self.ds.classes, samples)
         if self.cfg.wandb.log_model:
             log_wandb_model(run, self.run_dir, {k: summary[k] for k in ("model", "best_test_acc", "best_epoch",
                                                                        "final_test_acc", "epochs", "steps")})
-
-
-RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json", "model_best.safetensors", "model_last.safetensors",
-             "curves.png")  # what a run writes beside checkpoints/ (held_run looks for the first three)
-CONFIG_HEADER = ("# the resolved settings of the run in this folder; output_dir is left out (null) so that the file can "
-                 "serve as\n# --config for a new run without pointing back here (continue this one with --resume)\n")
-
-
-def held_run(run_dir: Path) -> list[str]:
-    """What of a run `run_dir` holds (config.yaml, metrics.jsonl, summary.json, checkpoints/): empty when none."""
-    held = [name for name in RUN_FILES[:3] if (run_dir / name).is_file()]
-    return held + [f"{CHECKPOINT_DIR}/"] * bool(list_checkpoints(run_dir / CHECKPOINT_DIR))
-
-
-def clear_run(run_dir: Path) -> list[str]:
-    """Remove a run's own files from `run_dir` (--overwrite): its RUN_FILES, checkpoints and evaluations; returns the
-    names removed. Other files, and wandb/ (runs there may not be synced yet), stay."""
-    removed = []
-    for path in [*(run_dir / n for n in RUN_FILES), *list_checkpoints(run_dir / CHECKPOINT_DIR),
-                 *run_dir.glob("evaluation-*.json"), *run_dir.glob("confusion-*.png")]:
-        if path.is_file():
-            path.unlink()
-            removed.append(str(path.relative_to(run_dir)))
-    return removed
-
-
-def _check_writable(run_dir: Path) -> None:
-    """A one-line error now, before the data is loaded, for a run directory that cannot be created or written."""
-    parent = run_dir
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"cannot create the run directory {run_dir}: {parent} is a file; choose another --output-dir")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(f"cannot write to {parent} (permission denied); choose another --output-dir")
 
 
 def _versions() -> dict:

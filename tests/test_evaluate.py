@@ -1,6 +1,7 @@
 """evaluate: the trainer's own measurement reproduced from the files a run leaves, TTA, other data, several processes,
 and one-line errors for the wrong input. Every test uses a real run trained once per session (tiny_run.py)."""
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -103,8 +104,18 @@ def test_weights_file_alone_needs_data_of_the_models_size(tiny_run, tmp_path):
         evaluate(weights, data=spec, data_dir=cache)
     report = evaluate(weights, data=spec, data_dir=cache, image_size=8)
     assert report["tta"] == 0 and report["samples"] == 30 and sum(map(sum, report["confusion"])) == 30
-    assert report["files"][0] == str(tmp_path / "evaluation-m-test-tta0-imagefolder_images.json") and "run_final_test_acc" not in report
+    name = Path(report["files"][0]).name
+    assert re.fullmatch(r"evaluation-m-test-tta0-imagefolder_images-[0-9a-f]{8}\.json", name), name
+    assert "run_final_test_acc" not in report
     assert Path(report["files"][0]).is_file() and Path(report["files"][1]).is_file()
+    # the same settings rewrite the same files; another folder of the same name, or another batch size, get their own
+    assert evaluate(weights, data=spec, data_dir=cache, image_size=8)["files"] == report["files"]
+    other = tmp_path / "elsewhere" / "images"
+    write_imagefolder(other, classes=[f"class{i}" for i in range(10)], counts={"train": 1, "test": 2}, size=(8, 8))
+    files = {Path(evaluate(weights, data=f"imagefolder:{other}", data_dir=cache)["files"][0]).name,
+             Path(evaluate(weights, data=spec, data_dir=cache, image_size=8, batch_size=7)["files"][0]).name}
+    assert len(files | {name}) == 3 and all(n.startswith("evaluation-m-test-tta0-imagefolder_images-") for n in files)
+    assert json.loads((tmp_path / name).read_text())["samples"] == 30  # the first result is still there
 
 
 def test_data_with_other_classes_is_refused(tiny_run, tmp_path, capsys):

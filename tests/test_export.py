@@ -120,11 +120,26 @@ def test_export_refuses_to_overwrite_a_foreign_folder(tiny_run, tmp_path):
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="is not an earlier export"):
-        export(tiny_run, "safetensors", tmp_path / "mine")
+        export(tiny_run, "safetensors", tmp_path / "mine", overwrite=True)
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
     export(tiny_run, "safetensors", tmp_path / "again")
-    export(tiny_run, "safetensors", tmp_path / "again")  # an earlier export is replaced
+    with pytest.raises(UserError, match="exists; pass --overwrite to replace it"):
+        export(tiny_run, "safetensors", tmp_path / "again")
+    export(tiny_run, "safetensors", tmp_path / "again", overwrite=True)  # an earlier export is replaced when asked
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "mine"]  # no temporary folders left
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_never_replaces_a_file_unasked(fmt, tiny_run, tmp_path, capsys):
+    """A typo in --output (the run's own model_last.safetensors) must not destroy it."""
+    target = tiny_run / "model_last.safetensors"
+    before = target.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tiny_run), "--format", fmt, "--output", str(target)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == f"error: {target} exists; pass --overwrite to replace it, or choose " \
+                                                 f"another --output\n"
+    assert target.read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [

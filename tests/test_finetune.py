@@ -28,6 +28,7 @@ from resnet_lite.predict import read_image
 from resnet_lite.pretrained import initial_model
 from resnet_lite.runs import load_run
 from resnet_lite.train import main, train
+from resnet_lite.rundir import claimed
 from resnet_lite.trainer import Trainer
 
 FIVE = ("ant", "bee", "cow", "dog", "eel")
@@ -66,25 +67,25 @@ def same(a, b):
 @pytest.mark.slow  # three epochs of training
 def test_a_five_class_run_fine_tuned_onto_ten_classes_frozen_then_resumed(five, tmp_path, capsys):
     images, source_run = five
-    source, _ = load_weights(source_run / "model_best.safetensors")
+    source, _ = load_weights(source_run / "model_last.safetensors")  # a run directory's weights: its model_last
     cfg = resolve_config(overrides=[*TEN[2:], "data.spec=synthetic", "data.image_size=8", "batch_size=16",
                                     "eval_batch_size=32", "epochs=2", "keep_checkpoints=3", "optim.freeze_epochs=1",
                                     f"initial_checkpoint={source_run}", f"output_dir={tmp_path / 'ft'}"])
-    with accelerator_session() as accelerator:
-        trainer = Trainer(cfg, accelerator)
+    with accelerator_session() as accelerator, claimed(cfg.output_dir, "ft", accelerator) as run_dir:
+        trainer = Trainer(cfg, accelerator, run_dir)
         start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
         # step 0: the source's backbone exactly, a new 10-class classifier
         assert same(params(start, trainer.model), params(source, trainer.model))
         assert start["fc.weight"].shape == (10, 256) and source["fc.weight"].shape == (5, 256)
         trainer.fit()
     out = capsys.readouterr().out
-    assert f"initial weights: {source_run / 'model_best.safetensors'}; classifier fc re-initialised for 10 classes " \
+    assert f"initial weights: {source_run / 'model_last.safetensors'}; classifier fc re-initialised for 10 classes " \
            f"(the weights have 5 classes)" in out
     ft = tmp_path / "ft"
     origin = json.loads((ft / "summary.json").read_text())["initial_weights"]
-    assert origin["source"] == str(source_run / "model_best.safetensors") and origin["classifier_reset"]
+    assert origin["source"] == str(source_run / "model_last.safetensors") and origin["classifier_reset"]
     assert len(origin["sha256"]) == 64
-    assert f"initial_checkpoint: {source_run / 'model_best.safetensors'}" in (ft / "config.yaml").read_text()
+    assert f"initial_checkpoint: {source_run / 'model_last.safetensors'}" in (ft / "config.yaml").read_text()
 
     epoch1, epoch2 = list_checkpoints(ft / "checkpoints")
     after1, after2 = load_checkpoint(epoch1)["model"], load_checkpoint(epoch2)["model"]
@@ -96,12 +97,12 @@ def test_a_five_class_run_fine_tuned_onto_ten_classes_frozen_then_resumed(five, 
 
     # resume from the frozen epoch's checkpoint with the starting weights gone: restored, never reloaded
     shutil.copytree(ft, tmp_path / "again")
-    shutil.move(source_run / "model_best.safetensors", tmp_path / "moved.safetensors")
+    shutil.move(source_run / "model_last.safetensors", tmp_path / "moved.safetensors")
     try:
         train(resolve_config(base=load_checkpoint(epoch1)["config"], overrides=[f"output_dir={tmp_path / 'again'}"]),
               resume=tmp_path / "again" / "checkpoints" / epoch1.name)
     finally:
-        shutil.move(tmp_path / "moved.safetensors", source_run / "model_best.safetensors")
+        shutil.move(tmp_path / "moved.safetensors", source_run / "model_last.safetensors")
     assert same(load_weights(tmp_path / "again" / "model_last.safetensors")[0], load_weights(ft / "model_last.safetensors")[0])
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["initial_weights"] == origin
 
@@ -184,7 +185,7 @@ def test_weights_that_do_not_fit_are_one_line_errors(tmp_path, capsys, monkeypat
     (tmp_path / "notes.pth").write_text("not weights")
     torch.save({"conv1.weight": torch.zeros(32, 3, 5, 5)}, tmp_path / "part.pth")
     cases = {"notes.pth": "cannot read weights from", "missing.pth": "do not exist",
-             "part.pth": "does not fit lite_r4b2: it has no bn1.weight", str(tmp_path): "holds no model_best"}
+             "part.pth": "does not fit lite_r4b2: it has no bn1.weight", str(tmp_path): "has no model_last.safetensors"}
     for path, message in cases.items():
         with pytest.raises(UserError, match=message):
             initial_model("lite_r4b2", 10, initial_checkpoint=tmp_path / path)

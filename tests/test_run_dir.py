@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,8 +110,11 @@ def test_resume_into_another_runs_directory_is_refused(finished, tmp_path, capsy
 def test_resume_of_a_finished_run_without_checkpoints_is_refused(finished, tmp_path, capsys):
     run = _copy(finished, tmp_path / "run")
     shutil.rmtree(run / "checkpoints")
+    before = _snapshot(run)
     err = _error(capsys, ["--output-dir", str(run), "--resume"])
-    assert "holds a finished run (summary.json) but no checkpoint to continue" in err
+    assert err.startswith(f"error: {run} holds config.yaml, metrics.jsonl, summary.json, model_best.safetensors, "
+                          f"model_last.safetensors, curves.png but no checkpoint to continue; pass --overwrite")
+    assert _snapshot(run) == before
 
 
 def test_resume_and_overwrite_together_is_refused(finished, capsys):
@@ -176,3 +180,70 @@ def test_two_processes_refuse_together(finished, tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.count(f"error: {run} already holds a run") == 2, proc.stderr[-3000:]
     assert _snapshot(run) == before
+
+
+# ---------------------------------------------------------------------------------------------- nothing deleted unasked
+
+
+@pytest.mark.parametrize("case", ["no-checkpoint-writes", "foreign-config"])
+def test_bare_resume_without_a_checkpoint_never_deletes(case, finished, tmp_path, capsys):
+    """--resume where there is no checkpoint used to turn into --overwrite and delete what the folder held: a run with
+    checkpoint_every_epochs=0 killed at epoch 60 (metrics, model_best), or someone else's config.yaml."""
+    run = _copy(finished, tmp_path / "run")
+    shutil.rmtree(run / "checkpoints")
+    if case == "no-checkpoint-writes":
+        (run / "summary.json").unlink()
+        (run / "model_last.safetensors").unlink()
+    else:
+        for p in list(run.iterdir()):
+            p.unlink()
+        (run / "config.yaml").write_text("lr: 0.1  # my own experiment's settings\n")
+    before = _snapshot(run)
+    err = _error(capsys, [*TINY, "--epochs", "1", "--output-dir", str(run), "--resume"])
+    assert "but no checkpoint to continue; pass --overwrite to start the run again" in err
+    assert _snapshot(run) == before
+
+
+def test_bare_resume_restarts_a_run_killed_before_its_first_checkpoint(finished, tmp_path, capsys):
+    """What a run writes before its first epoch ends (its own config.yaml, an empty metrics.jsonl) loses nothing when
+    the run starts again: the sweep's `--resume` after an early interruption."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(finished / "config.yaml", run / "config.yaml")
+    (run / "metrics.jsonl").write_text("")
+    (run / "notes.txt").write_text("mine")
+    assert main([*TINY, "--epochs", "1", "--output-dir", str(run), "--resume"]) == 0
+    assert "no checkpoint in" in capsys.readouterr().out
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2 and (run / "notes.txt").read_text() == "mine"
+
+
+def test_a_refused_or_failed_start_leaves_no_folder_behind(tmp_path, capsys):
+    run = tmp_path / "new" / "run"
+    _error(capsys, [*TINY, "--epochs", "1", "--output-dir", str(run), "--data", f"imagefolder:{tmp_path / 'nope'}"])
+    assert not run.exists()
+
+
+@pytest.mark.slow
+def test_one_trainer_per_run_directory(tmp_path):
+    """Two real trainers on one folder: the second gets one line naming the first's pid and host and changes nothing;
+    once the first is killed (SIGKILL: no cleanup), the kernel has dropped its lock and --resume continues the run."""
+    run = tmp_path / "run"
+    env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1")
+    env.pop("RANK", None)
+    cmd = [sys.executable, "-m", "resnet_lite.train", *TINY, "--epochs", "50", "--output-dir", str(run)]
+    first = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list_checkpoints(run / "checkpoints"):  # it holds the lock and has saved an epoch
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.2)
+        second = subprocess.run([*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert second.returncode == 2, second.stderr
+        assert second.stderr.startswith(f"error: {run} is in use by another trainer (pid {first.pid} on ")
+        assert second.stderr.count("\n") == 1
+    finally:
+        first.kill()
+        first.wait()
+    third = subprocess.run([*cmd, "--epochs", "1", "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+    assert third.returncode == 0, third.stderr[-2000:]

@@ -20,6 +20,7 @@ from resnet_lite.config import resolve_config
 from resnet_lite.engine import accelerator_session
 from resnet_lite.signals import Preempted, StopFlag
 from resnet_lite.train import train
+from resnet_lite.rundir import claimed
 from resnet_lite.trainer import Trainer
 
 BIN = Path(sys.executable).parent
@@ -88,8 +89,8 @@ def test_stop_check_runs_every_k_steps(every, stopped_after, tmp_path):
     """A signal already received: the first check posts it, the next check reads it and the run stops there; with
     checks every 3 steps that is after step 6 instead of step 2 (8 steps per epoch: no epoch end in between)."""
     cfg = resolve_config(overrides=[*TINY, f"stop_check_every={every}", f"output_dir={tmp_path / 'run'}"])
-    with accelerator_session() as accelerator:
-        trainer = Trainer(cfg, accelerator, stop_flag=StopFlag(signum=signal.SIGTERM))
+    with accelerator_session() as accelerator, claimed(cfg.output_dir, "run", accelerator) as run_dir:
+        trainer = Trainer(cfg, accelerator, run_dir, stop_flag=StopFlag(signum=signal.SIGTERM))
         with pytest.raises(Preempted, match=f"stopped by SIGTERM after step {stopped_after} "):
             trainer.fit()
     assert [p.name for p in list_checkpoints(tmp_path / "run" / "checkpoints")] == [f"step-{stopped_after:08d}.pt"]
