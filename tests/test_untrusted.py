@@ -1,0 +1,107 @@
+"""Files from others are data, never code (issue 22): a CIFAR copy, weights, a weights file's metadata, images.
+
+Each test writes a real crafted file that acts on the machine when read naively (its pickle creates a file, its header
+asks for a 90-megapixel decode, its metadata for a 10**9-class classifier or another model folder) and checks that
+reading it is a one-line error naming the file, and that nothing happened; the honest files of each kind still load.
+"""
+import builtins
+import os
+import pickle
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from formats import write_cifar_py
+
+from resnet_lite.data import load_dataset
+from resnet_lite.errors import UserError
+
+
+class Payload:
+    """Pickles as a call of `fn(*args)`: what unpickling it runs."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def payloads(marker):
+    """name -> (payload, the global its protocol-2 pickle names): each creates `marker` when plain pickle reads it."""
+    return {"os.system": (Payload(os.system, f"touch {marker}"), f"{os.system.__module__}.system"),
+            "open": (Payload(builtins.open, str(marker), "w"), "io.open"),
+            "exec": (Payload(builtins.exec, f"open({str(marker)!r}, 'w').close()"), "__builtin__.exec")}
+
+
+def python2_pickle(obj) -> bytes:
+    """`obj` (dicts, lists, str, int, uint8 arrays) as Python 2's cPickle wrote the official -py files: protocol 2,
+    byte strings, arrays through numpy.core.multiarray._reconstruct with their bytes as a string."""
+    def put(x) -> bytes:
+        if isinstance(x, dict):
+            return b"}(" + b"".join(put(k) + put(v) for k, v in x.items()) + b"u"
+        if isinstance(x, list):
+            return b"](" + b"".join(map(put, x)) + b"e"
+        if isinstance(x, str):
+            raw = x.encode("latin1")
+            return b"T" + struct.pack("<i", len(raw)) + raw  # BINSTRING: a Python 2 str
+        if isinstance(x, (int, np.integer)):
+            return b"J" + struct.pack("<i", int(x))
+        assert isinstance(x, np.ndarray) and x.dtype == np.uint8
+        dtype = (b"cnumpy\ndtype\n" + put("u1") + put(0) + put(1) + b"\x87R("
+                 + put(3) + put("|") + b"NNN" + put(-1) + put(-1) + put(0) + b"tb")
+        return (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + put(0) + b"\x85" + put("b") + b"\x87R("
+                + put(1) + b"(" + b"".join(put(n) for n in x.shape) + b"t" + dtype + b"\x89"
+                + put(x.tobytes().decode("latin1")) + b"tb")
+
+    return b"\x80\x02" + put(obj) + b"."
+
+
+# ---------------------------------------------------------------------------------------------- CIFAR, python layout
+
+
+def test_a_cifar_batch_that_runs_a_command_is_refused_by_train(tmp_path):
+    fake = write_cifar_py(tmp_path / "data")
+    marker, batch = tmp_path / "ran", fake.folder / "data_batch_1"
+    payload, asked = payloads(marker)["os.system"]
+    batch.write_bytes(pickle.dumps(payload, protocol=2))
+    proc = subprocess.run([sys.executable, "-m", "resnet_lite.train", "--data", "cifar10", "--data-dir",
+                           str(tmp_path / "data"), "--wandb", "disabled"], cwd=tmp_path, capture_output=True, text=True)
+    assert not marker.exists()
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"error: {batch} is not a plain CIFAR batch: it asks to load {asked}; delete {fake.folder} and download "
+        f"CIFAR again"), proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["os.system", "open", "exec"])
+@pytest.mark.parametrize("name, victim", [("cifar10", "test_batch"), ("cifar10", "batches.meta"), ("cifar100", "train")])
+def test_a_cifar_pickle_that_would_create_a_file_is_refused(tmp_path, kind, name, victim):
+    fake = write_cifar_py(tmp_path, name)
+    marker, path = tmp_path / "ran", fake.folder / victim
+    payload, asked = payloads(marker)[kind]
+    entry = pickle.loads(path.read_bytes())
+    entry["note"] = payload  # otherwise a good batch: it would load, and train
+    path.write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(UserError) as error:
+        load_dataset(name, root=str(tmp_path))
+    assert not marker.exists()
+    assert str(error.value) == f"{path} is not a plain CIFAR batch: it asks to load {asked}; delete {fake.folder} and " \
+                               f"download CIFAR again"
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_cifar_python_batches_as_the_official_archive_pickles_them_still_load(tmp_path, name):
+    """Python 2 byte strings and numpy.core's _reconstruct, as in the official files; the fixture's own protocol-2
+    pickles (written by Python 3 and numpy 2: _codecs.encode, numpy._core) load in test_data.py."""
+    fake = write_cifar_py(tmp_path, name)
+    for path in fake.folder.iterdir():
+        path.write_bytes(python2_pickle(pickle.loads(path.read_bytes())))
+    assert b"numpy.core.multiarray" in (fake.folder / ("test" if name == "cifar100" else "test_batch")).read_bytes()
+    with pytest.warns(UserWarning, match="differ from the official CIFAR checksums"):
+        ds = load_dataset(name, root=str(tmp_path))
+    assert ds.classes == fake.classes
+    assert torch.equal(ds.train.images, torch.from_numpy(fake.train_images))
+    assert torch.equal(ds.test.labels, torch.from_numpy(fake.test_labels))
