@@ -4,9 +4,11 @@ Each test writes a real crafted file that acts on the machine when read naively 
 asks for a 90-megapixel decode, its metadata for a 10**9-class classifier or another model folder) and checks that
 reading it is a one-line error naming the file, and that nothing happened; the honest files of each kind still load.
 """
+import argparse
 import builtins
 import os
 import pickle
+import re
 import struct
 import subprocess
 import sys
@@ -15,9 +17,13 @@ import numpy as np
 import pytest
 import torch
 from formats import write_cifar_py
+from safetensors.torch import save_file
+from test_models import SEED_ARCH, SeedNet
 
+from resnet_lite import create_model
 from resnet_lite.data import load_dataset
 from resnet_lite.errors import UserError
+from resnet_lite.pretrained import initial_model, read_state_dict
 
 
 class Payload:
@@ -105,3 +111,40 @@ def test_cifar_python_batches_as_the_official_archive_pickles_them_still_load(tm
     assert ds.classes == fake.classes
     assert torch.equal(ds.train.images, torch.from_numpy(fake.train_images))
     assert torch.equal(ds.test.labels, torch.from_numpy(fake.test_labels))
+
+
+# ---------------------------------------------------------------------------------------------- weights read by torch
+
+
+def test_a_pth_that_would_create_a_file_is_refused(tmp_path):
+    seed = SeedNet(*SEED_ARCH["lite_r4b2"]).state_dict()
+    for kind, (payload, asked) in payloads(tmp_path / "ran").items():
+        path = tmp_path / f"{kind}.pth"
+        torch.save({"state_dict": seed, "note": payload}, path)
+        for load in (dict(initial_checkpoint=path), dict(pretrained=True, pretrained_path=path)):
+            with pytest.raises(UserError) as error:
+                initial_model("lite_r4b2", 10, **load)
+            function = asked.split(".")[-1]  # torch names a builtin without its module
+            assert re.fullmatch(rf"{re.escape(str(path))} is not plain weights: it asks to load ([\w.]+\.)?{function}, "
+                                rf"which could run code; give a \.safetensors or \.pth state_dict", str(error.value))
+    assert not (tmp_path / "ran").exists()
+
+
+def test_checkpoint_dicts_unwrap_as_timm_does(tmp_path):
+    """timm's training checkpoint (args in an argparse.Namespace, the EMA preferred) and DDP/compile prefixes."""
+    model = create_model("lite_r4b2")
+    weights, ema = model.state_dict(), {k: v + 1 if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    wrapped = {f"_orig_mod.module.{k}": v for k, v in weights.items()}
+    files = {
+        "timm.pth.tar": ({"epoch": 3, "arch": "lite_r4b2", "state_dict": weights, "state_dict_ema": ema,
+                          "args": argparse.Namespace(model="lite_r4b2", lr=0.1), "version": 2}, ema),
+        "model_ema.pth": ({"model": weights, "model_ema": ema}, ema),
+        "model.pth": ({"model": wrapped, "epoch": 1}, weights),
+        "plain.pt": ({f"module.{k}": v for k, v in weights.items()}, weights),
+    }
+    for name, (checkpoint, expected) in files.items():
+        torch.save(checkpoint, tmp_path / name)
+        read = read_state_dict(tmp_path / name)
+        assert read.keys() == expected.keys() and all(torch.equal(read[k], expected[k]) for k in expected), name
+    save_file(wrapped, tmp_path / "w.safetensors")
+    assert read_state_dict(tmp_path / "w.safetensors").keys() == weights.keys()
