@@ -12,18 +12,24 @@ import re
 import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 import torch
 from formats import write_cifar_py
+from PIL import Image
 from safetensors.torch import save_file
 from test_models import SEED_ARCH, SeedNet
 
 from resnet_lite import create_model
+from resnet_lite.checkpoint import save_weights
 from resnet_lite.data import load_dataset
 from resnet_lite.errors import UserError
+from resnet_lite.images import decode
+from resnet_lite.predict import predict
 from resnet_lite.pretrained import initial_model, read_state_dict
+from resnet_lite.runs import load_run
 
 
 class Payload:
@@ -148,3 +154,53 @@ def test_checkpoint_dicts_unwrap_as_timm_does(tmp_path):
         assert read.keys() == expected.keys() and all(torch.equal(read[k], expected[k]) for k in expected), name
     save_file(wrapped, tmp_path / "w.safetensors")
     assert read_state_dict(tmp_path / "w.safetensors").keys() == weights.keys()
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+
+def _png_of(width, height) -> bytes:
+    """A real, valid 1-bit PNG of width x height black pixels: a few KB for any size (zlib of zero rows)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(bytes(1 + (width + 7) // 8) * height, 9)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+BOMB = (10_000, 9_000)  # 90 MP: over PIL's MAX_IMAGE_PIXELS (89.5 MP), under twice it, where PIL would only warn
+
+
+def test_an_image_over_pils_pixel_limit_is_refused_not_decoded(tmp_path):
+    (tmp_path / "small.png").write_bytes(_png_of(6, 4))
+    assert decode(tmp_path / "small.png").shape == (4, 6, 3)
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_of(*BOMB))
+    assert bomb.stat().st_size < 20_000
+    with pytest.raises(Image.DecompressionBombError, match="90000000 pixels.*shrink the image or remove it"):
+        decode(bomb, 8)
+
+
+def test_an_image_over_pils_pixel_limit_in_an_imagefolder_or_for_predict_is_a_one_line_error(tmp_path):
+    root = tmp_path / "images"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            (root / split / cls / "0.png").write_bytes(_png_of(8, 8))
+    bomb = root / "train" / "b" / "1.png"
+    bomb.write_bytes(_png_of(*BOMB))
+    with pytest.raises(UserError) as error:
+        load_dataset(f"imagefolder:{root}", root=str(tmp_path / "cache"), image_size=8)
+    message = str(error.value)
+    assert message.startswith(f"{bomb} cannot be read as an image (Image size (90000000 pixels) exceeds limit")
+    assert "\n" not in message
+
+    weights = tmp_path / "w.safetensors"
+    save_weights(create_model("lite_r4b2").state_dict(), weights, dict(
+        model="lite_r4b2", num_classes=10, in_chans=3, image_size=8, classes=[str(i) for i in range(10)],
+        mean=[0.5] * 3, std=[0.25] * 3))
+    results, problems = predict(load_run(weights), [root / "train" / "a" / "0.png", bomb])
+    assert [r["file"] for r in results] == [str(root / "train" / "a" / "0.png")]
+    assert [(file, reason.split(" (")[0]) for file, reason in problems] == [(str(bomb), "cannot be read as an image")]
+    assert "exceeds limit" in problems[0][1]
