@@ -3,9 +3,12 @@
 The binary version (`cifar-10-batches-bin`, `cifar-100-binary`) is what gets downloaded: fixed-size
 records of label byte(s) + 3072 pixel bytes (R plane, G plane, B plane, rows of 32), parsed with
 numpy.frombuffer. The Python version (`cifar-10-batches-py`, `cifar-100-python`) is read when a copy is
-already there. Layout and checksums: https://www.cs.toronto.edu/~kriz/cifar.html
+already there, by an unpickler that builds only what the official files hold (dicts, lists, strings, numpy arrays):
+a pickle that asks for anything else, such as os.system, is refused before it runs.
+Layout and checksums: https://www.cs.toronto.edu/~kriz/cifar.html
 """
 import hashlib
+import io
 import os
 import pickle
 import shutil
@@ -226,12 +229,34 @@ def _read_binary(layout: Layout, folder: Path, names, differ):
     return images, labels
 
 
+# Every global the official -py files name: numpy arrays as Python 2's numpy pickled them, the numpy 2 spelling of
+# the same, and _codecs.encode, which is how a protocol-2 pickle written by Python 3 (a re-saved copy) holds bytes.
+PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _Refused(Exception):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in PICKLE_GLOBALS:  # the file chooses these names; they go into a one-line message
+            raise _Refused("".join(c if c.isprintable() else "?" for c in f"{module}.{name}")[:120])
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path, md5, differ):
-    # The -py layout is a Python 2 pickle and cannot be read any other way; pickle can run code, so this is only
-    # ever pointed at the files of the official archive's folder. The binary layout, which we download, needs none.
+    # The -py layout is a Python 2 pickle and cannot be read any other way. A copy from elsewhere is untrusted: only
+    # the globals of PICKLE_GLOBALS are ever loaded, so nothing in the file is executed.
     raw = _read_bytes(path, md5, differ)
     try:
-        entry = pickle.loads(raw, encoding="latin1")
+        entry = _CifarUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _Refused as e:
+        raise UserError(f"{path} is not a plain CIFAR batch: it asks to load {e}; delete {path.parent} and download "
+                        f"CIFAR again") from None
     except Exception as e:
         raise UserError(f"{path} is truncated or not a CIFAR batch ({type(e).__name__}); delete {path.parent} to download again") from None
     if not isinstance(entry, dict):

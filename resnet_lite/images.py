@@ -1,9 +1,10 @@
 """Image files: which files count as images and how one becomes pixels. Training on an image folder
 (resnet_lite.data, with data.image_size) and prediction on image files (resnet_lite.predict) both read through
 decode(), so a model sees the same pixels in both: the shorter side resized and the centre cut out, as timm's eval
-transform does."""
+transform does. An image over PIL's Image.MAX_IMAGE_PIXELS (89 MP) is refused, not decoded."""
 import math
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,19 @@ def decode(path: str | Path, size: int | None = None, crop_pct: float = 1.0) -> 
     """uint8 H x W x 3 RGB pixels of an image file; with `size`, size x size as timm's eval transform makes them
     (resolve_data_config + create_transform: torchvision's Resize of the shorter side to floor(size / crop_pct) with
     PIL's bilinear filter, then CenterCrop(size)), so the aspect ratio is kept, never squashed. Raises one of
-    IMAGE_ERRORS when the file cannot be read as an image."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        if size:
-            img = _resize_center_crop(img, size, crop_pct)
-        return np.asarray(img)
+    IMAGE_ERRORS when the file cannot be read as an image, DecompressionBombError when it has more pixels than
+    Image.MAX_IMAGE_PIXELS."""
+    # PIL only warns from MAX_IMAGE_PIXELS to twice that, and decodes: up to 0.5 GB of RGB per image, in each worker
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if size:
+                    img = _resize_center_crop(img, size, crop_pct)
+                return np.asarray(img)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise Image.DecompressionBombError(f"{str(e).rstrip('.')}; shrink the image or remove it") from None
 
 
 def _resize_center_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Image:

@@ -4,15 +4,20 @@
     model, origin = initial_model("lite_r4b2", 10, pretrained=True, pretrained_path="w.safetensors")  # timm loads a file
     model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # a run's weights: its model_last
 
-Files are read by timm's own load_state_dict (safetensors or torch files; a `state_dict`/`model` entry of a
-checkpoint, its EMA first; DDP/torch.compile prefixes removed), so a seed-notebook best_model.pth, a timm or resnet_lite
-checkpoint and a plain state_dict all load. When only the classifier (timm's get_classifier) differs, as with another
+Files are read here as timm's load_state_dict reads them (safetensors or torch files; a `state_dict`/`model` entry of
+a checkpoint, its EMA first; DDP/torch.compile prefixes removed), so a seed-notebook best_model.pth, a timm or
+resnet_lite checkpoint and a plain state_dict all load. Torch files are read with weights_only=True whatever timm's
+default (it differs between the versions we support), so a pickle that would run code is refused, not run; timm is
+handed the tensors, never the file. When only the classifier (timm's get_classifier) differs, as with another
 number of classes, the model keeps a new one (reset_classifier); any other difference is a UserError naming the
 first key that differs. `origin` says where the weights came from, for the run's summary.
 """
+import argparse
 import hashlib
+import re
 from pathlib import Path
 
+import safetensors.torch
 import timm
 import torch
 
@@ -23,6 +28,10 @@ from .rundir import weights_file
 
 __all__ = ["initial_model", "resolve_weights_file", "read_state_dict", "fit_state_dict", "pretrained_source"]
 
+_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model")  # timm's load_state_dict order: the EMA first
+_WRAPPERS = ("_orig_mod.", "module.", "_orig_mod.")  # timm's clean_state_dict: torch.compile and DDP, in either order
+
+
 def resolve_weights_file(path) -> Path:
     """The file `path` names: itself, a run directory's weights (model_last) or an exported folder's."""
     path = Path(path)
@@ -32,16 +41,39 @@ def resolve_weights_file(path) -> Path:
 
 
 def read_state_dict(path: Path) -> dict:
-    """The tensors of a weights file, as timm reads them; a UserError when it cannot be read as one."""
+    """The tensors of a weights file, unwrapped as timm's load_state_dict does; a UserError when it cannot be read as
+    one, or when it is a pickle that asks for more than tensors and plain data."""
     try:
-        state_dict = timm.models.load_state_dict(str(path))
+        if str(path).endswith(".safetensors"):
+            checkpoint = safetensors.torch.load_file(str(path), device="cpu")
+        else:
+            checkpoint = _torch_load(path)
     except Exception as e:  # not a weights file, truncated, pickled objects weights_only refuses
+        refused = re.search(r"(?:GLOBAL|class) ([\w.]+)", str(e)) if "Weights only load failed" in str(e) else None
+        if refused:
+            raise UserError(f"{path} is not plain weights: it asks to load {refused[1]}, which could run code; give a "
+                            f".safetensors or .pth state_dict") from None
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {reason}); give a .safetensors or "
                         f".pth state_dict") from None
-    if not isinstance(state_dict, dict) or not all(torch.is_tensor(v) for v in state_dict.values()):
+    if isinstance(checkpoint, dict):
+        key = next((k for k in _ENTRIES if checkpoint.get(k) is not None), None)
+        checkpoint = checkpoint[key] if key else checkpoint
+    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
         raise UserError(f"{path} holds no state_dict of tensors; give a .safetensors or .pth state_dict")
+    state_dict = {}
+    for key, tensor in checkpoint.items():
+        for prefix in _WRAPPERS:
+            key = key.removeprefix(prefix)
+        state_dict[key] = tensor
     return state_dict
+
+
+def _torch_load(path: Path):
+    if hasattr(torch.serialization, "safe_globals"):  # torch 2.5+; timm's training checkpoints keep their args in one
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def fit_state_dict(model: torch.nn.Module, state_dict: dict, source, name: str) -> int | None:
@@ -118,9 +150,11 @@ def initial_model(name: str, num_classes: int, pretrained: bool = False, pretrai
     if pretrained_path:  # checked here, since timm loads a file without a matching classifier non-strictly
         with torch.device("meta"):
             probe = create_model(name, num_classes=num_classes, **kwargs)
-        classes = fit_state_dict(probe, read_state_dict(Path(source)), source, name)
-        # the file's own class count, so that timm adapts the classifier exactly when it differs
-        overlay = dict(file=source, num_classes=num_classes if classes is None else classes)
+        state_dict = read_state_dict(Path(source))
+        classes = fit_state_dict(probe, state_dict, source, name)
+        # the tensors, so that timm does not read the file again in its own way; the file's own class count, so that
+        # timm adapts the classifier exactly when it differs
+        overlay = dict(file=source, state_dict=state_dict, num_classes=num_classes if classes is None else classes)
     try:
         model = create_model(name, pretrained=True, num_classes=num_classes, pretrained_cfg_overlay=overlay, **kwargs)
     except UserError:
@@ -129,7 +163,9 @@ def initial_model(name: str, num_classes: int, pretrained: bool = False, pretrai
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise UserError(f"cannot load the pretrained weights of {name} from {source} ({type(e).__name__}: {reason}); "
                         f"check the network or the name, or give pretrained_path=FILE") from None
-    if not pretrained_path:
+    if pretrained_path:
+        model.pretrained_cfg.pop("state_dict", None)  # timm keeps the overlay: a second copy of every weight
+    else:
         published = model.pretrained_cfg.get("num_classes")
         classes = None if published in (None, num_classes) else published
     sha = _sha256(Path(source)) if pretrained_path else None

@@ -6,13 +6,16 @@
     logits = run.model(run.normalize(uint8_images))
 
 Weights files carry their own description (resnet_lite.checkpoint.save_weights metadata: model, num_classes,
-in_chans, image_size, classes, mean, std), so a file alone is enough to rebuild the model and its preprocessing.
+in_chans, image_size, classes, mean, std), so a file alone is enough to rebuild the model and its preprocessing. That
+description is the file's, so it is checked before anything is built: a registered model name only (never hf-hub: or
+local-dir:, which would download or read another folder), and sizes within META_LIMITS.
 """
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import timm
 import torch
 
 from .augment import build_normalize
@@ -25,6 +28,8 @@ from .rundir import CONFIG, RUN_OR_WEIGHTS, SUMMARY, WEIGHTS, weights_file
 __all__ = ["Run", "load_run", "WEIGHTS", "RUN_OR_WEIGHTS"]
 
 _META_KEYS = ("model", "num_classes", "in_chans", "classes", "mean", "std")
+# What metadata may ask for: ImageNet-21k has 21,841 classes; a crafted 10**9 would be a 1 TB classifier
+META_LIMITS = {"num_classes": (1, 100_000), "in_chans": (1, 64), "image_size": (1, 4096), "crop_pct": (0.5, 1.0)}
 
 
 @dataclass
@@ -67,6 +72,21 @@ def _timm_folder(folder: Path) -> tuple[dict, dict]:
     return state_dict, meta
 
 
+def _check_meta(weights: Path, meta: dict) -> None:
+    name = meta["model"]
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise UserError(f"{weights} names the model {name!r:.100}, which is not a registered model (a weights file may "
+                        f"not name hf-hub: or local-dir: models); give {RUN_OR_WEIGHTS}")
+    for key, (low, high) in META_LIMITS.items():
+        value = meta.get(key)
+        if value is None and key in ("image_size", "crop_pct"):  # optional: predict asks for image_size when it needs it
+            continue
+        number = (int, float) if isinstance(high, float) else int
+        if isinstance(value, bool) or not isinstance(value, number) or not low <= value <= high:
+            raise UserError(f"{weights} has {key} {value!r:.40} in its metadata, outside {low}..{high}; give "
+                            f"{RUN_OR_WEIGHTS}")
+
+
 def load_run(path, which: str = "last") -> Run:
     """The model and preprocessing of `path`: a run directory (its model_<which>.safetensors), a weights file, or a
     timm-style export folder. The run's config and summary come along when the weights sit in a run directory."""
@@ -83,6 +103,7 @@ def load_run(path, which: str = "last") -> Run:
         if missing := [k for k in _META_KEYS if k not in meta]:
             raise UserError(f"{weights} lacks the metadata {', '.join(missing)} that resnet_lite.train writes; "
                             f"give {RUN_OR_WEIGHTS}")
+    _check_meta(weights, meta)
     model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta["in_chans"])
     try:
         model.load_state_dict(state_dict)
