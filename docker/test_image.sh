@@ -31,11 +31,12 @@ fail() { echo "docker image test FAILED: $*" >&2; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || skip "needs root (rootful podman, debootstrap, a test user); run it as root"
 tools=(podman runc debootstrap podman-compose)
+say "start; load average $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (timings below scale with it)"
 for tool in "${tools[@]}"; do
   if ! command -v "$tool" >/dev/null; then
-    say "installing podman runc debootstrap podman-compose (apt-get)"
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap podman-compose) \
       >/dev/null 2>&1 || skip "podman could not be installed (apt-get install podman runc debootstrap podman-compose failed)"
+    say "installed podman runc debootstrap podman-compose (apt-get) in $((SECONDS - started)) s"
     break
   fi
 done
