@@ -69,7 +69,6 @@ made=()  # context probes this script created in the checkout
 cleanup() {
   set +e
   if [[ -n ${RESNET_LITE_IMAGE_TEST_KEEP:-} ]]; then say "kept $work and the images (RESNET_LITE_IMAGE_TEST_KEEP)"; return; fi
-  mountpoint -q "$work/rootfs/proc" 2>/dev/null && umount "$work/rootfs/proc"
   podman rm -af -t 0 >/dev/null 2>&1
   for id in $(podman images -a --format '{{.ID}}' | sort -u); do
     [[ -n ${base_id:-} && $id == "${base_id:0:12}"* ]] || podman rmi -f "$id" >/dev/null 2>&1
@@ -157,7 +156,7 @@ rm -rf "${made[@]}"; made=()
 # ---------------------------------------------------------------- the image as a user runs it
 [[ $(podman image inspect --format '{{.Config.User}}' "$image") == 1000:1000 ]] || fail "the image's USER is not 1000:1000"
 [[ $(podman run --rm "$image" id -u) == 1000 ]] || fail "the image does not run as uid 1000 by default"
-if podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | grep -q '^WANDB_API_KEY'; then
+if podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image" | grep '^WANDB_API_KEY' >/dev/null; then
   fail "WANDB_API_KEY is baked into the image"
 fi
 
@@ -201,7 +200,7 @@ train_long=(accelerate launch -m resnet_lite.train --data synthetic --output-dir
   data.synthetic_train=1024 data.synthetic_test=64)
 podman run -d --name "$stopper" "${user_opts[@]}" "$image" "${train_long[@]}" --epochs 20 >/dev/null
 for _ in $(seq 180); do
-  if podman logs "$stopper" 2>&1 | grep -q 'starting; run directory'; then break; fi
+  if podman logs "$stopper" 2>&1 | grep 'starting; run directory' >/dev/null; then break; fi  # no -q: no SIGPIPE
   sleep 1
 done
 podman stop -t 120 "$stopper" >/dev/null
