@@ -123,7 +123,7 @@ def test_a_budget_too_small_for_every_stage_then_a_second_call(tmp_path):
     call with --continue finishes model5, from that checkpoint."""
     clone, python = _bare_setup(tmp_path)
     out = tmp_path / "out1"
-    rc, log = _dry_run(clone, python, tmp_path, out, BUDGET="60", DRY_MODEL5_EPOCHS="40")
+    rc, log = _dry_run(clone, python, tmp_path, out, BUDGET="60", DRY_MODEL5_EPOCHS="20")
     assert rc == 0, log[-4000:]
     assert "== done at" in log
     seconds = int(log.split("== done at ")[1].split()[0])
@@ -131,27 +131,27 @@ def test_a_budget_too_small_for_every_stage_then_a_second_call(tmp_path):
     summary = (out / "summary.md").read_text()
     for stage in ("throughput", "fast", "compile"):
         assert f"| {stage} | skipped |" in summary and f"- {stage}: NOT complete" in summary
-    model5 = json.loads((out / "tta_model5.json").read_text())["presets"]["model5"]["seeds"][0]
-    first_complete = model5["complete"]
-    if first_complete:  # a fast machine: all 40 tiny epochs fitted
+    first = out / "tta_model5.json"  # absent when a slow setup left model5 too little time to start
+    first_complete = first.exists() and json.loads(first.read_text())["presets"]["model5"]["seeds"][0]["complete"]
+    if first_complete:  # a fast machine: all 20 tiny epochs fitted
         assert "| model5 | complete |" in summary
     else:
-        assert "| model5 | cut: " in summary and "- model5: NOT complete" in summary
-        assert "not judged: model5 finished" in summary  # never against an unfinished model5
+        assert ("| model5 | cut: " in summary or "| model5 | skipped |" in summary) and "- model5: NOT complete" in summary
+        assert "not judged: model5" in summary  # never against an unfinished model5
         assert "--continue --stage model5" in summary
     checkpoint = any((tmp_path / "scratch" / "tta_model5" / "model5-seed0" / "checkpoints").glob("step-*.pt"))
 
     out2 = tmp_path / "out2"
-    rc, log = _dry_run(clone, python, tmp_path, out2, "--continue", "--stage", "model5", DRY_MODEL5_EPOCHS="40")
+    rc, log = _dry_run(clone, python, tmp_path, out2, "--continue", "--stage", "model5", DRY_MODEL5_EPOCHS="20")
     assert rc == 0, log[-4000:]
     model5 = json.loads((out2 / "tta_model5.json").read_text())["presets"]["model5"]["seeds"][0]
-    assert model5["complete"] and model5["epochs_done"] == 40
+    assert model5["complete"] and model5["epochs_done"] == 20
     if first_complete:
         assert "== model5: complete already" in log
     else:  # continued from the first call's checkpoint, when it got as far as saving one
         assert model5["resumed"] == checkpoint
     summary = (out2 / "summary.md").read_text()
-    assert "- model5: complete" in summary and "## Targets\n\nmodel5 (seed 0, all 40 epochs" in summary
+    assert "- model5: complete" in summary and "## Targets\n\nmodel5 (seed 0, all 20 epochs" in summary
     assert "| fast | skipped |" in summary  # the first call's records stay
 
 
@@ -169,6 +169,7 @@ def broken_backend():
     torch._dynamo.reset()
 
 
+@pytest.mark.slow
 def test_throughput_times_the_eager_settings_first_and_records_a_failed_compile(tmp_path, broken_backend, monkeypatch):
     writes = []
     real_write = throughput.write_json
@@ -191,6 +192,7 @@ def test_throughput_times_the_eager_settings_first_and_records_a_failed_compile(
 SMALL = ["data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8", "batch_size=64", "epochs=1"]
 
 
+@pytest.mark.slow
 def test_a_failed_compile_is_retried_once_without_it(tmp_path, broken_backend):
     path = tmp_path / "t.json"
     time_to_accuracy.main(["--quick", "--seeds", "2", "--no-warmup", "--json", str(path), "--out", str(tmp_path / "r"),
@@ -214,6 +216,7 @@ def test_a_non_finite_loss_ends_its_run_not_the_benchmark(tmp_path):
     assert "error: NonFiniteLoss" in data["table"]
 
 
+@pytest.mark.slow
 def test_a_failed_training_process_still_leaves_its_results_and_log(tmp_path, capsys):
     path = tmp_path / "t.json"
     time_to_accuracy.main(["--quick", "--seeds", "1", "--runner", "subprocess", "--json", str(path),
@@ -234,6 +237,7 @@ def test_skip_done_runs_only_the_seeds_an_earlier_call_did_not_finish(tmp_path):
     assert [s["seed"] for s in seeds] == [0, 1] and seeds[0]["wall_seconds"] == first["wall_seconds"]
 
 
+@pytest.mark.slow
 def test_a_sigterm_stops_the_benchmark_with_its_results_written(tmp_path):
     """What gpu_run.sh's `timeout` does to a stage: the run in progress saves and stops, no further run starts, and
     the JSON says how far it got."""
