@@ -114,7 +114,8 @@ def pretrained_source(name: str, pretrained_path=None) -> str:
     if name.startswith(("hf-hub:", "local-dir:")):
         return name
     cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=False) if timm.is_model(name) else None
-    source = cfg and (f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url or cfg.file)
+    # timm's own order: a file (resnet_lite's published weights are package data) before the Hub, the Hub before a url
+    source = cfg and (cfg.file or (f"hf-hub:{cfg.hf_hub_id}" if cfg.hf_hub_id else cfg.url))
     if not source:
         raise UserError(f"no pretrained weights are published for {name}; give pretrained_path=FILE "
                         f"(--pretrained-path), or initial_checkpoint=RUN_DIR_OR_FILE instead of pretrained")
@@ -168,7 +169,7 @@ def initial_model(name: str, num_classes: int, pretrained: bool = False, pretrai
     else:
         published = model.pretrained_cfg.get("num_classes")
         classes = None if published in (None, num_classes) else published
-    sha = _sha256(Path(source)) if pretrained_path else None
+    sha = _sha256(Path(source)) if pretrained_path or Path(source).is_file() else None  # a file: its hash
     return model, _origin(source, sha, classes, num_classes, classifier_prefixes(model))
 
 

@@ -5,7 +5,15 @@ global average pooling and a linear head (../shared/seed/SEED.md). Module names 
 notebook (`conv1, bn1, layer1.., gap, fc`), so its `best_model.pth` loads as it is.
 
     python -m resnet_lite.models      # the family at a glance
+
+Published weights are package data: weights/published.json names each file in weights/ with what it measured
+(written by benchmarks/publish_weights.py); each becomes a pretrained tag of its model in timm's registry, the
+model's default, so `create_model("lite_r4b2", pretrained=True)` loads it offline (`published_weights()` lists them).
 """
+import json
+import warnings
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn as nn
@@ -14,7 +22,8 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..errors import UserError, did_you_mean
 
-__all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "count_macs", "count_params", "SEED_TABLE"]
+__all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "count_macs", "count_params", "SEED_TABLE",
+           "published_weights", "WEIGHTS_DIR"]
 
 # Computed on the CIFAR-10 training set (the seed notebook prints 0.49139968, 0.48215841, 0.44653091 / ...).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -180,10 +189,43 @@ def _cfg(**kwargs):
     }
 
 
-default_cfgs = generate_default_cfgs({
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+REGISTRY = "published.json"  # {"lite_r4b2.fast94_c10jpeg": {"file": ..., "test_acc": ..., ...}}: publish_weights.py writes it
+
+
+def published_weights(model: str | None = None) -> dict:
+    """The weights this package publishes, {"<model>.<tag>": entry} (entry["path"]: the file), all or `model`'s."""
+    path = WEIGHTS_DIR / REGISTRY
+    if not path.is_file():
+        return {}
+    try:
+        registry = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        warnings.warn(f"{path} cannot be read ({e}): no published weights", stacklevel=2)
+        return {}
+    return {name: dict(entry, path=str(WEIGHTS_DIR / entry["file"])) for name, entry in registry.items()
+            if model is None or name.split(".", 1)[0] == model}
+
+
+def _published_cfg(base: dict, entry: dict) -> dict:
+    """timm's pretrained_cfg of a published entry: the file in the package first (timm loads `file` before it would
+    try `hf_hub_id`, the name a Hub copy would take), its classes, normalisation and what it measured."""
+    return dict(base, file=entry["path"], hf_hub_id=entry.get("hf_hub_id"), num_classes=entry["num_classes"],
+                label_names=tuple(entry["label_names"]), mean=tuple(entry["mean"]), std=tuple(entry["std"]),
+                input_size=tuple(entry["input_size"]), description=entry.get("description"),
+                notes=tuple(entry.get("notes", ())), origin_url=entry.get("origin_url"))
+
+
+_BASE_CFGS = {
     "lite_r4b2": _cfg(pool_size=(4, 4)),
     "lite_r4b3": _cfg(pool_size=(4, 4)),
     "lite_r5b2": _cfg(pool_size=(2, 2)),
+}
+# published tags first: timm makes a tag with weights its model's default
+default_cfgs = generate_default_cfgs({
+    **{name: _published_cfg(_BASE_CFGS[name.split(".", 1)[0]], entry) for name, entry in published_weights().items()
+       if name.split(".", 1)[0] in _BASE_CFGS},
+    **_BASE_CFGS,
 })
 
 
@@ -197,8 +239,23 @@ def _weights_given(kwargs):
     return False
 
 
+def _registered_weights(variant, kwargs) -> bool:
+    """True when the registered pretrained cfg that timm will use (the tag asked for, else the default) has weights;
+    a UserError when they are published but their file is missing from the package."""
+    tag = kwargs.get("pretrained_cfg")
+    if tag is not None and not isinstance(tag, str):
+        return False
+    cfg = timm.models.get_pretrained_cfg(f"{variant}.{tag}" if tag else variant)
+    if cfg is None or not cfg.has_weights:
+        return False
+    if cfg.file and not Path(cfg.file).is_file():
+        raise UserError(f"the published weights of {variant} ({cfg.tag}) should be at {cfg.file}, which is missing; "
+                        f"reinstall resnet_lite, or load your own: pretrained_cfg_overlay=dict(file=...)")
+    return True
+
+
 def _create_lite_resnet(variant, pretrained=False, **kwargs):
-    if pretrained and not _weights_given(kwargs):
+    if pretrained and not _weights_given(kwargs) and not _registered_weights(variant, kwargs):
         raise UserError(f"no pretrained weights are published for {variant}; train one with "
                         f"`python -m resnet_lite.train`, or load your own: pretrained_cfg_overlay=dict(file=...) "
                         f"(train's --pretrained-path) or checkpoint_path=...")
