@@ -5,6 +5,8 @@ records of label byte(s) + 3072 pixel bytes (R plane, G plane, B plane, rows of 
 numpy.frombuffer. The Python version (`cifar-10-batches-py`, `cifar-100-python`) is read when a copy is
 already there. Layout and checksums: https://www.cs.toronto.edu/~kriz/cifar.html
 """
+import contextlib
+import fcntl
 import hashlib
 import os
 import pickle
@@ -111,12 +113,16 @@ SOURCES = {
 }
 
 
+LOCK = ".cifar.lock"  # in the data root: one CIFAR download there at a time, whichever dataset and process
+
+
 def find_or_download(name, root: Path, download: bool) -> tuple[Layout, Path]:
-    """The extracted folder of CIFAR `name` under `root`, downloading the official archive if absent."""
+    """The extracted folder of CIFAR `name` under `root`, downloading the official archive if absent. One process
+    downloads; others that ask meanwhile wait for it, then use its folder."""
     source = SOURCES[name]
-    for layout in source.layouts:
-        if (root / layout.folder).is_dir():
-            return layout, root / layout.folder
+    found = _find(source, root)
+    if found:
+        return found
     layout = source.layouts[0]
     expected = root / layout.folder
     if not download:
@@ -124,13 +130,65 @@ def find_or_download(name, root: Path, download: bool) -> tuple[Layout, Path]:
             f"{name} not found at {expected} (nor {root / source.layouts[1].folder}) and data.download=false; "
             f"allow the download, or use --data imagefolder:PATH"
         )
-    _download_and_extract(source, layout, root)
+    with _download_lock(root):
+        found = _find(source, root)  # downloaded by another process while this one waited
+        if found:
+            return found
+        _remove_partial_downloads(root)
+        _download_and_extract(source, layout, root)
     return layout, expected
+
+
+def _find(source: Source, root: Path) -> tuple[Layout, Path] | None:
+    for layout in source.layouts:
+        if (root / layout.folder).is_dir():
+            return layout, root / layout.folder
+    return None
+
+
+@contextlib.contextmanager
+def _download_lock(root: Path):
+    """Hold the exclusive lock on CIFAR downloads into `root`: fcntl.flock on root/LOCK, which the kernel releases if
+    this process dies. The holder removes the file as it lets go, so a waiter that then gets the lock of a removed file
+    takes the new one instead: at most one holder at a time, and no lock file left behind."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"resnet_lite: waiting for another process's download into {root}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.path.samestat(os.stat(root / LOCK), os.fstat(fd)):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot download into {root} ({e.strerror}); set --data-dir (data.root) to a writable "
+                        "folder") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / LOCK)
+        os.close(fd)
+
+
+def _remove_partial_downloads(root: Path) -> None:
+    """Delete what a download killed outright (SIGKILL, a lost node) left in `root`: its archive's .part file and its
+    .extract-* folder. Only called under _download_lock, so no live download's files are touched."""
+    for source in SOURCES.values():
+        for part in root.glob(f".{source.filename}.*.part"):
+            part.unlink(missing_ok=True)
+    for folder in root.glob(".extract-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _download_and_extract(source: Source, layout: Layout, root: Path):
     try:
-        root.mkdir(parents=True, exist_ok=True)
         fd, archive = tempfile.mkstemp(dir=root, prefix=f".{source.filename}.", suffix=".part")
     except OSError as e:
         raise UserError(f"cannot download into {root} ({e.strerror}); set --data-dir (data.root) to a writable folder") from None
