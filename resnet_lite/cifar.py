@@ -213,8 +213,15 @@ def _download_and_extract(source: Source, layout: Layout, root: Path):
                 f"(a broken or intercepted download); try again"
             )
         extract_dir = tempfile.mkdtemp(dir=root, prefix=".extract-")
-        with tarfile.open(archive) as tar:
-            tar.extractall(extract_dir, filter="data")  # "data": no absolute paths, links out, devices
+        try:
+            with tarfile.open(archive) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(extract_dir, filter="data")  # "data": no absolute paths, links out, devices
+                else:  # Python before 3.10.12 / 3.11.4
+                    tar.extractall(extract_dir, members=_checked_members(tar, extract_dir))
+        except tarfile.TarError as e:  # the data filter's refusals are TarErrors too
+            raise UserError(f"{source.url} is not an archive that can be extracted safely ({e}); is the URL "
+                            "right?") from None
         extracted = Path(extract_dir) / layout.folder
         if not extracted.is_dir():
             raise UserError(f"{source.url} does not contain {layout.folder}/; is the URL right?")
@@ -223,6 +230,36 @@ def _download_and_extract(source: Source, layout: Layout, root: Path):
         os.unlink(archive)
         if extract_dir:
             shutil.rmtree(extract_dir, ignore_errors=True)
+
+
+def _checked_members(tar: tarfile.TarFile, target) -> list[tarfile.TarInfo]:
+    """The members of `tar`, checked as tarfile's "data" filter checks them (for the Pythons that lack it): a
+    tarfile.TarError for an absolute path, a path or link that leads out of `target`, a path through a symbolic link
+    of the archive (which the lexical checks here cannot follow), or a device or fifo. Modes lose the setuid, setgid
+    and sticky bits and the group's and others' write bits."""
+    target = os.path.realpath(target)
+
+    def outside(path) -> bool:
+        return os.path.commonpath([target, os.path.realpath(os.path.join(target, path))]) != target
+
+    members, links = tar.getmembers(), set()
+    for m in members:
+        parts = os.path.normpath(m.name).split(os.sep)
+        through = next((link for i in range(1, len(parts) + 1) if (link := os.sep.join(parts[:i])) in links), None)
+        if os.path.isabs(m.name) or outside(m.name):
+            raise tarfile.TarError(f"{m.name!r} would be written outside the target folder")
+        if through:
+            raise tarfile.TarError(f"{m.name!r} would be written through the archive's link {through!r}")
+        if m.issym() and (os.path.isabs(m.linkname) or outside(os.path.join(os.path.dirname(m.name), m.linkname))):
+            raise tarfile.TarError(f"{m.name!r} links to {m.linkname!r}, outside the target folder")
+        if m.islnk() and (os.path.isabs(m.linkname) or outside(m.linkname)):
+            raise tarfile.TarError(f"{m.name!r} links to {m.linkname!r}, outside the target folder")
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise tarfile.TarError(f"{m.name!r} is a device or fifo, not a file")
+        if m.issym():
+            links.add(os.sep.join(parts))
+        m.mode &= 0o755
+    return members
 
 
 def read(layout: Layout, folder: Path):

@@ -1,10 +1,15 @@
 """CIFAR's download under faults and races, for real: processes that start together fetch the archive once, what a
-download killed outright leaves is cleared by the next one (and never while another holds the download)."""
+download killed outright leaves is cleared by the next one (and never while another holds the download), and an archive
+that would write outside its folder is refused in one line, by tarfile's data filter or, on the Pythons without it, by
+resnet_lite.cifar's own check (tested here directly, whatever this Python has)."""
 import dataclasses
 import functools
+import hashlib
 import http.server
+import io
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 
@@ -13,6 +18,7 @@ from conftest import FOLDERS, write_cifar_archive
 
 from resnet_lite import cifar
 from resnet_lite.data import load_dataset
+from resnet_lite.errors import UserError
 
 ARCHIVE = "cifar-10-binary.tar.gz"  # the official name: the leftovers of a killed download are named after it
 # One process of a trainer's start: CIFAR-10 from `url`, once the test says go (so that all start at the same moment).
@@ -132,3 +138,76 @@ def test_the_files_of_a_download_another_process_holds_are_kept_until_it_lets_go
     assert proc.returncode == 0, err + rest
     assert out.split() == [str(len(fake.train_labels)), str(len(fake.test_labels))]
     assert requests == [f"/{ARCHIVE}"] and not any(p.exists() for p in leftovers) and _only_the_dataset_in(root)
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["data-filter", "own-check"])
+def test_an_archive_that_writes_outside_its_folder_is_refused_in_one_line(tmp_path, http_server, monkeypatch,
+                                                                          data_filter):
+    served = tmp_path / "served"
+    served.mkdir()
+    fake, _ = write_cifar_archive(served / "good.tar.gz")
+    with tarfile.open(served / ARCHIVE, "w:gz") as tar:
+        tar.add(fake.folder, arcname=fake.folder.name)
+        _add(tar, "../escaped", data=b"beside the extraction folder, in the data root")
+    md5 = hashlib.md5((served / ARCHIVE).read_bytes()).hexdigest()
+    monkeypatch.setitem(cifar.SOURCES, "cifar10", dataclasses.replace(
+        cifar.SOURCES["cifar10"], url=f"{http_server(served)}/{ARCHIVE}", md5=md5))
+    if not data_filter:  # a Python before 3.10.12 / 3.11.4
+        monkeypatch.delattr(tarfile, "data_filter")
+    root = tmp_path / "data"
+    with pytest.raises(UserError) as e:
+        load_dataset("cifar10", root=str(root))
+    assert "is not an archive that can be extracted safely" in str(e.value) and "\n" not in str(e.value)
+    assert "'../escaped'" in str(e.value)
+    assert list(root.iterdir()) == []  # nothing escaped, nothing half-extracted left
+
+
+# ------------------------------------------------------------------------- the check for Pythons without data_filter
+
+
+def _add(tar, name, type=tarfile.REGTYPE, linkname="", data=b""):
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname, info.size = type, linkname, len(data)
+    tar.addfile(info, io.BytesIO(data) if data else None)
+
+
+BAD = {  # name: the members after an ordinary folder and file
+    "absolute path": [("/tmp/resnet_lite_evil", tarfile.REGTYPE, "")],
+    "dot-dot path": [("cifar-10-batches-bin/../../evil", tarfile.REGTYPE, "")],
+    "symlink out": [("cifar-10-batches-bin/up", tarfile.SYMTYPE, "../..")],
+    "absolute symlink": [("cifar-10-batches-bin/passwd", tarfile.SYMTYPE, "/etc/passwd")],
+    "hard link out": [("cifar-10-batches-bin/h", tarfile.LNKTYPE, "../outside")],
+    "write through a link": [("here", tarfile.SYMTYPE, "."), ("here/up", tarfile.SYMTYPE, "..")],
+    "file over a link": [("cifar-10-batches-bin/l", tarfile.SYMTYPE, "data_batch_1.bin"),
+                         ("cifar-10-batches-bin/l", tarfile.REGTYPE, "")],
+    "character device": [("cifar-10-batches-bin/null", tarfile.CHRTYPE, "")],
+    "block device": [("cifar-10-batches-bin/sda", tarfile.BLKTYPE, "")],
+    "fifo": [("cifar-10-batches-bin/pipe", tarfile.FIFOTYPE, "")],
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_own_check_refuses_each_way_out(tmp_path, case):
+    path = tmp_path / "bad.tar"
+    with tarfile.open(path, "w") as tar:
+        _add(tar, "cifar-10-batches-bin", tarfile.DIRTYPE)
+        _add(tar, "cifar-10-batches-bin/data_batch_1.bin", data=bytes(3073))
+        for name, type, linkname in BAD[case]:
+            _add(tar, name, type, linkname)
+    (tmp_path / "target").mkdir()
+    with tarfile.open(path) as tar, pytest.raises(tarfile.TarError) as e:
+        cifar._checked_members(tar, tmp_path / "target")
+    assert repr(BAD[case][-1][0]) in str(e.value) and "\n" not in str(e.value)
+    assert list((tmp_path / "target").iterdir()) == []
+
+
+def test_own_check_accepts_the_official_layout_and_extracts_it_whole(tmp_path):
+    fake, _ = write_cifar_archive(tmp_path / ARCHIVE)
+    target = tmp_path / "target"
+    target.mkdir()
+    with tarfile.open(tmp_path / ARCHIVE) as tar:
+        tar.extractall(target, members=cifar._checked_members(tar, target))
+    extracted = target / fake.folder.name
+    names = sorted(p.name for p in fake.folder.iterdir())
+    assert sorted(p.name for p in extracted.iterdir()) == names and names
+    assert all((extracted / n).read_bytes() == (fake.folder / n).read_bytes() for n in names)
