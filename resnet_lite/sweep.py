@@ -12,8 +12,9 @@ Each run is `python -m resnet_lite.train --variant PRESET --output-dir OUTPUT_DI
 (prefixed by --launcher when given) with its console in OUTPUT_DIR/RUN/train.log; RUN is the preset, or for a grid
 the values that differ (KEY=V1,V2,... lists a setting's values, --seeds N adds seed=0..N-1; with several presets the
 preset leads the name). A run with a summary.json is done and skipped; one with checkpoints continues from its newest,
-so after an interruption (Ctrl-C, a lost node) the same command finishes the study. The flags and single-valued
-KEY=VALUE overrides apply to every run (to change a finished run, remove its folder or use another --output-dir).
+so after an interruption (Ctrl-C, a closed terminal, a lost node) the same command finishes the study. The flags and
+single-valued KEY=VALUE overrides apply to every run (to change a finished run, remove its folder or use another
+--output-dir).
 --gpus runs one run per listed GPU at a time (CUDA_VISIBLE_DEVICES). With W&B on, the runs share one group, OUTPUT_DIR's
 name (unless wandb.group= or $WANDB_RUN_GROUP says otherwise).
 --launcher slurm [SBATCH OPTIONS] submits the unfinished runs as one job array of launch/slurm_1node.sbatch, a task per
@@ -23,6 +24,7 @@ After every run, OUTPUT_DIR gets results.md and results.csv (the seed's Table 1 
 final accuracy, epochs, time and parameters; for a grid, each run's own settings instead of the seed's) and results.png
 (every run's test accuracy per epoch in one figure).
 """
+import contextlib
 import csv
 import io
 import itertools
@@ -95,6 +97,9 @@ def plan_runs(presets, overrides, seeds: int | None = None) -> tuple[list[Run], 
     for override in overrides:
         key, _, value = override.partition("=")
         key, values = key.strip(), _values(value)
+        if key == "output_dir":
+            raise UserError(f"{override} would put every run of the sweep in one folder; each run gets its own under "
+                            "--output-dir, the sweep's folder (default runs/sweep): set that instead")
         if len(values) == 1:
             shared.append(override)
         elif "" in values:
@@ -262,7 +267,13 @@ def _stop(running: dict) -> None:
 
 def parse_launcher(launcher: str | None) -> tuple[str, list[str]]:
     """--launcher as ('local', [python]), ('slurm', sbatch options) or ('command', its words)."""
-    words = shlex.split(launcher or "local")
+    try:
+        words = shlex.split("local" if launcher is None else launcher)
+    except ValueError as e:  # an unbalanced quote
+        raise UserError(f"--launcher {launcher}: {e}; quote its words as in a shell") from None
+    if not words:
+        raise UserError("--launcher is empty; give local, slurm [SBATCH OPTIONS] or a command such as "
+                        "\"accelerate launch\"")
     if words[0] == "local":
         if len(words) > 1:
             raise UserError(f"--launcher {launcher}: local takes nothing after it (a command prefix is its own value)")
@@ -325,7 +336,8 @@ def run_sweep(presets, out_dir, train_args: list[str], gpus=(), launcher: str | 
                     echo(f"{name}: FAILED with exit status {proc.returncode}; see {out_dir / name / 'train.log'}")
                 write_results(out_dir, collect(out_dir, runs, failed), settings, grid)
     except KeyboardInterrupt:
-        echo(f"stopping {len(running)} run(s); the same command resumes them")
+        with contextlib.suppress(OSError):  # after a SIGHUP, writes to the closed terminal fail
+            echo(f"stopping {len(running)} run(s); the same command resumes them")
         _stop(running)
         write_results(out_dir, collect(out_dir, runs, failed), settings, grid)
         raise
@@ -493,8 +505,8 @@ def _gpus(text: str | None) -> list[int]:
     return ids
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # stop the runs as Ctrl-C does (a scheduler's cancel, `kill`)
+def _on_stop_signal(signum, frame):
+    raise KeyboardInterrupt  # stop the runs as Ctrl-C does (a scheduler's cancel, `kill`, a closed terminal)
 
 
 @cli
@@ -526,12 +538,14 @@ def main(argv=None):
     settings = shlex.join(train_args + shared)
     if not any(o.startswith("wandb.group=") for o in overrides) and not os.environ.get("WANDB_RUN_GROUP"):
         shared.append(f"wandb.group={Path(args.output_dir).resolve().name}")  # the study's runs shown together
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # the trainers sit in sessions of their own: no SIGHUP reaches them
+        signal.signal(signum, _on_stop_signal)
     try:
         rows = run_sweep(runs, args.output_dir, train_args + shared, gpus, args.launcher, settings,
                          echo=lambda line: print(line, flush=True), grid=grid, wait=args.wait)
     except KeyboardInterrupt:
-        print(f"interrupted; results so far in {args.output_dir}/results.md", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            print(f"interrupted; results so far in {args.output_dir}/results.md", file=sys.stderr)
         return 130
     print_results(rows, args.output_dir, grid)
     failed = [r["run"] for r in rows if r["status"].startswith("failed")]
