@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -233,3 +234,59 @@ def test_launch_readme_shows_the_tested_cpu_commands_and_slurm_takes_them(slurm_
         assert line, f"sbatch {' '.join(options)} launch/{script}"
         proc = slurm_cluster.run("sbatch", "--test-only", *shlex.split(line.group(0))[1:], check=False, cwd=REPO)
         assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+
+
+def _default_run_dir(job):
+    return REPO / "runs" / f"resnet_lite-{job.id}"  # where the recipes train when not told otherwise
+
+
+@pytest.mark.slow
+def test_a_users_output_dir_is_the_run_dir_and_what_the_requeued_job_resumes(slurm_cluster, tmp_path):
+    """`sbatch slurm_1node.sbatch ... --output-dir=DIR`: the recipe used to append its own --output-dir after it, which
+    argparse took instead, so the job trained in runs/<job name>-<job id>. Now DIR is the run directory of both starts."""
+    run = tmp_path / "mine"
+    job = Job(slurm_cluster, "slurm_1node.sbatch", CPU, [*RUN, f"--output-dir={run}"], _env(slurm_cluster, tmp_path),
+              tmp_path / "job.out")
+    try:
+        job.wait_for("a first checkpoint", lambda: _checkpoints(run))
+        slurm_cluster.run("scancel", "--batch", "--signal=USR1", job.id)
+        job.release_when_requeued()
+        assert job.finish() == 0, job.log()
+        assert not _default_run_dir(job).exists()
+    finally:
+        shutil.rmtree(_default_run_dir(job), ignore_errors=True)
+    log = job.log()
+    assert f"start 1: 0 GPU(s), 1 process(es), launch/cpu.yaml, run dir {run}\n" in log
+    assert f"start 2: 0 GPU(s), 1 process(es), launch/cpu.yaml, run dir {run}\n" in log
+    assert f"requeueing job {job.id} to resume from {run}\n" in log
+    assert re.search(rf"resuming {re.escape(str(run))}\S* at epoch \d+ step \d+", log), log
+    assert [r["epoch"] for r in _rows(run)] == [1, 2, 3] and (run / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_every_spelling_of_the_output_dir_is_the_run_dir_in_both_recipes(slurm_cluster, tmp_path):
+    """--output-dir DIR, an abbreviation argparse takes (--output DIR), the override output_dir=DIR: each one is the run
+    directory, in slurm_1node.sbatch and (two tasks as two machines) in slurm_multi_node.sbatch. Submitted together."""
+    args = [*RUN, "epochs=1"]
+    spellings = {"1node-flag": ("slurm_1node.sbatch", CPU, ["--output-dir", "{}"]),
+                 "1node-abbreviation": ("slurm_1node.sbatch", CPU, ["--output", "{}"]),
+                 "1node-override": ("slurm_1node.sbatch", CPU, ["output_dir={}"]),
+                 "multi-node-flag": ("slurm_multi_node.sbatch", TWO_AS_NODES, ["--output-dir", "{}"])}
+    jobs = {}
+    try:
+        for name, (script, sbatch, words) in spellings.items():
+            run = tmp_path / name
+            env = _env(slurm_cluster, tmp_path, MAIN_PORT=str(free_port()))
+            jobs[name] = Job(slurm_cluster, script, sbatch, [*args, *(w.format(run) for w in words)], env,
+                             tmp_path / f"{name}.out")
+        for name, job in jobs.items():
+            assert job.finish() == 0, job.log()
+            assert f"run dir {tmp_path / name}\n" in job.log() and (tmp_path / name / "summary.json").is_file()
+            assert not _default_run_dir(job).exists()
+    finally:
+        for job in jobs.values():
+            if job.proc.poll() is None:
+                slurm_cluster.run("scancel", job.id, check=False)
+                job.proc.wait()
+            shutil.rmtree(_default_run_dir(job), ignore_errors=True)
+
