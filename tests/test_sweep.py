@@ -178,6 +178,7 @@ def test_a_closed_terminal_stops_the_trainers_as_sigterm_does(tmp_path):
     (["model5", "--launcher", "slurm", "--gpus", "0"], "--gpus is for runs on this machine"),
     (["model5", "--launcher", 'slurm "--time=1'], "--launcher slurm \"--time=1: No closing quotation"),
     (["model5", "--launcher", " "], "--launcher is empty"),
+    (["model5", "--launcher", "slurm --comment=mine"], "the sweep sets sbatch's --comment itself"),
 ])
 def test_mistakes_stop_before_any_run(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
