@@ -7,6 +7,8 @@ already there, by an unpickler that builds only what the official files hold (di
 a pickle that asks for anything else, such as os.system, is refused before it runs.
 Layout and checksums: https://www.cs.toronto.edu/~kriz/cifar.html
 """
+import contextlib
+import fcntl
 import hashlib
 import io
 import os
@@ -114,12 +116,16 @@ SOURCES = {
 }
 
 
+LOCK = ".cifar.lock"  # in the data root: one CIFAR download there at a time, whichever dataset and process
+
+
 def find_or_download(name, root: Path, download: bool) -> tuple[Layout, Path]:
-    """The extracted folder of CIFAR `name` under `root`, downloading the official archive if absent."""
+    """The extracted folder of CIFAR `name` under `root`, downloading the official archive if absent. One process
+    downloads; others that ask meanwhile wait for it, then use its folder."""
     source = SOURCES[name]
-    for layout in source.layouts:
-        if (root / layout.folder).is_dir():
-            return layout, root / layout.folder
+    found = _find(source, root)
+    if found:
+        return found
     layout = source.layouts[0]
     expected = root / layout.folder
     if not download:
@@ -127,13 +133,65 @@ def find_or_download(name, root: Path, download: bool) -> tuple[Layout, Path]:
             f"{name} not found at {expected} (nor {root / source.layouts[1].folder}) and data.download=false; "
             f"allow the download, or use --data imagefolder:PATH"
         )
-    _download_and_extract(source, layout, root)
+    with _download_lock(root):
+        found = _find(source, root)  # downloaded by another process while this one waited
+        if found:
+            return found
+        _remove_partial_downloads(root)
+        _download_and_extract(source, layout, root)
     return layout, expected
+
+
+def _find(source: Source, root: Path) -> tuple[Layout, Path] | None:
+    for layout in source.layouts:
+        if (root / layout.folder).is_dir():
+            return layout, root / layout.folder
+    return None
+
+
+@contextlib.contextmanager
+def _download_lock(root: Path):
+    """Hold the exclusive lock on CIFAR downloads into `root`: fcntl.flock on root/LOCK, which the kernel releases if
+    this process dies. The holder removes the file as it lets go, so a waiter that then gets the lock of a removed file
+    takes the new one instead: at most one holder at a time, and no lock file left behind."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"resnet_lite: waiting for another process's download into {root}", file=sys.stderr)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.path.samestat(os.stat(root / LOCK), os.fstat(fd)):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+    except OSError as e:
+        raise UserError(f"cannot download into {root} ({e.strerror}); set --data-dir (data.root) to a writable "
+                        "folder") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(root / LOCK)
+        os.close(fd)
+
+
+def _remove_partial_downloads(root: Path) -> None:
+    """Delete what a download killed outright (SIGKILL, a lost node) left in `root`: its archive's .part file and its
+    .extract-* folder. Only called under _download_lock, so no live download's files are touched."""
+    for source in SOURCES.values():
+        for part in root.glob(f".{source.filename}.*.part"):
+            part.unlink(missing_ok=True)
+    for folder in root.glob(".extract-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _download_and_extract(source: Source, layout: Layout, root: Path):
     try:
-        root.mkdir(parents=True, exist_ok=True)
         fd, archive = tempfile.mkstemp(dir=root, prefix=f".{source.filename}.", suffix=".part")
     except OSError as e:
         raise UserError(f"cannot download into {root} ({e.strerror}); set --data-dir (data.root) to a writable folder") from None
@@ -158,8 +216,15 @@ def _download_and_extract(source: Source, layout: Layout, root: Path):
                 f"(a broken or intercepted download); try again"
             )
         extract_dir = tempfile.mkdtemp(dir=root, prefix=".extract-")
-        with tarfile.open(archive) as tar:
-            tar.extractall(extract_dir, filter="data")  # "data": no absolute paths, links out, devices
+        try:
+            with tarfile.open(archive) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(extract_dir, filter="data")  # "data": no absolute paths, links out, devices
+                else:  # Python before 3.10.12 / 3.11.4
+                    tar.extractall(extract_dir, members=_checked_members(tar, extract_dir))
+        except tarfile.TarError as e:  # the data filter's refusals are TarErrors too
+            raise UserError(f"{source.url} is not an archive that can be extracted safely ({e}); is the URL "
+                            "right?") from None
         extracted = Path(extract_dir) / layout.folder
         if not extracted.is_dir():
             raise UserError(f"{source.url} does not contain {layout.folder}/; is the URL right?")
@@ -168,6 +233,36 @@ def _download_and_extract(source: Source, layout: Layout, root: Path):
         os.unlink(archive)
         if extract_dir:
             shutil.rmtree(extract_dir, ignore_errors=True)
+
+
+def _checked_members(tar: tarfile.TarFile, target) -> list[tarfile.TarInfo]:
+    """The members of `tar`, checked as tarfile's "data" filter checks them (for the Pythons that lack it): a
+    tarfile.TarError for an absolute path, a path or link that leads out of `target`, a path through a symbolic link
+    of the archive (which the lexical checks here cannot follow), or a device or fifo. Modes lose the setuid, setgid
+    and sticky bits and the group's and others' write bits."""
+    target = os.path.realpath(target)
+
+    def outside(path) -> bool:
+        return os.path.commonpath([target, os.path.realpath(os.path.join(target, path))]) != target
+
+    members, links = tar.getmembers(), set()
+    for m in members:
+        parts = os.path.normpath(m.name).split(os.sep)
+        through = next((link for i in range(1, len(parts) + 1) if (link := os.sep.join(parts[:i])) in links), None)
+        if os.path.isabs(m.name) or outside(m.name):
+            raise tarfile.TarError(f"{m.name!r} would be written outside the target folder")
+        if through:
+            raise tarfile.TarError(f"{m.name!r} would be written through the archive's link {through!r}")
+        if m.issym() and (os.path.isabs(m.linkname) or outside(os.path.join(os.path.dirname(m.name), m.linkname))):
+            raise tarfile.TarError(f"{m.name!r} links to {m.linkname!r}, outside the target folder")
+        if m.islnk() and (os.path.isabs(m.linkname) or outside(m.linkname)):
+            raise tarfile.TarError(f"{m.name!r} links to {m.linkname!r}, outside the target folder")
+        if not (m.isreg() or m.isdir() or m.issym() or m.islnk()):
+            raise tarfile.TarError(f"{m.name!r} is a device or fifo, not a file")
+        if m.issym():
+            links.add(os.sep.join(parts))
+        m.mode &= 0o755
+    return members
 
 
 def read(layout: Layout, folder: Path):

@@ -45,15 +45,30 @@ def read_image(path, size: int, crop_pct: float = 1.0) -> torch.Tensor:
     return torch.from_numpy(decode(path, size, crop_pct).copy()).permute(2, 0, 1)
 
 
+def _device(name: str | None) -> torch.device:
+    """The torch device `name` (default: cuda when available, else cpu), or a UserError when this machine lacks it."""
+    try:
+        device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    except RuntimeError:
+        raise UserError(f"--device {name} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():  # 0 without CUDA
+        count = torch.cuda.device_count()
+        fix = f"one of cuda:0 to cuda:{count - 1}, or cpu" if count else "cpu"
+        raise UserError(f"--device {name}: this machine has {count or 'no'} CUDA GPU(s); use --device {fix}")
+    try:
+        torch.empty(0, device=device)  # another backend that is absent (mps, xpu) says so here
+    except (RuntimeError, AssertionError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's first sentence
+        raise UserError(f"--device {name} cannot be used here ({reason}); use --device cpu") from None
+    return device
+
+
 @torch.no_grad()
 def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
             tta: int | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories.
     tta: 0 none, 1 flip, 2 flip + translate (resnet_lite.tta.TTA); None: the run's own level (else 0)."""
-    try:
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError:
-        raise UserError(f"--device {device} is not a torch device; use e.g. cpu, cuda or cuda:1") from None
+    device = _device(device)
     if run.image_size is None:
         raise UserError(f"{run.weights} does not record the model's input size; re-export it with resnet_lite")
     files, problems = find_images(paths)

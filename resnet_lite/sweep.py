@@ -12,17 +12,20 @@ Each run is `python -m resnet_lite.train --variant PRESET --output-dir OUTPUT_DI
 (prefixed by --launcher when given) with its console in OUTPUT_DIR/RUN/train.log; RUN is the preset, or for a grid
 the values that differ (KEY=V1,V2,... lists a setting's values, --seeds N adds seed=0..N-1; with several presets the
 preset leads the name). A run with a summary.json is done and skipped; one with checkpoints continues from its newest,
-so after an interruption (Ctrl-C, a lost node) the same command finishes the study. The flags and single-valued
-KEY=VALUE overrides apply to every run (to change a finished run, remove its folder or use another --output-dir).
+so after an interruption (Ctrl-C, a closed terminal, a lost node) the same command finishes the study. The flags and
+single-valued KEY=VALUE overrides apply to every run (to change a finished run, remove its folder or use another
+--output-dir).
 --gpus runs one run per listed GPU at a time (CUDA_VISIBLE_DEVICES). With W&B on, the runs share one group, OUTPUT_DIR's
 name (unless wandb.group= or $WANDB_RUN_GROUP says otherwise).
 --launcher slurm [SBATCH OPTIONS] submits the unfinished runs as one job array of launch/slurm_1node.sbatch, a task per
 run (time-limit warnings requeue and resume each task there); --wait waits for the array and collects it, and running
-the same command again while the array is queued waits for it (or reports it) rather than submitting it twice.
+the same command again while the array is queued waits for it (or reports it) rather than submitting it twice (also
+after an sbatch that did not answer: the array is found by its --comment, written to OUTPUT_DIR/slurm.json first).
 After every run, OUTPUT_DIR gets results.md and results.csv (the seed's Table 1 columns beside the measured best and
 final accuracy, epochs, time and parameters; for a grid, each run's own settings instead of the seed's) and results.png
 (every run's test accuracy per epoch in one figure).
 """
+import contextlib
 import csv
 import io
 import itertools
@@ -35,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +58,7 @@ SEED_PRESETS = [f"model{r['model']}" for r in SEED_TABLE]  # the default study: 
 POLL = 0.5  # seconds between checks on the running trainers
 STOP_GRACE = 30  # seconds a stopped trainer gets to exit before it is killed
 SLURM_POLL = (2, 10)  # seconds between looks at a Slurm array's queue: the first, growing to the most
+SLURM_TIMEOUT = 120  # seconds an sbatch or squeue may take to answer (a busy controller) before the sweep stops waiting
 COLUMNS = [  # (csv name, markdown header): the seed's Table 1, then what this sweep measured
     ("preset", "preset"), ("model", "seed model"), ("train_batch", "train batch"), ("test_batch", "test batch"),
     ("optimizer", "optimizer"), ("lr", "lr"), ("variant", "variant"), ("seed_params", "seed params"),
@@ -95,6 +100,9 @@ def plan_runs(presets, overrides, seeds: int | None = None) -> tuple[list[Run], 
     for override in overrides:
         key, _, value = override.partition("=")
         key, values = key.strip(), _values(value)
+        if key == "output_dir":
+            raise UserError(f"{override} would put every run of the sweep in one folder; each run gets its own under "
+                            "--output-dir, the sweep's folder (default runs/sweep): set that instead")
         if len(values) == 1:
             shared.append(override)
         elif "" in values:
@@ -262,7 +270,13 @@ def _stop(running: dict) -> None:
 
 def parse_launcher(launcher: str | None) -> tuple[str, list[str]]:
     """--launcher as ('local', [python]), ('slurm', sbatch options) or ('command', its words)."""
-    words = shlex.split(launcher or "local")
+    try:
+        words = shlex.split("local" if launcher is None else launcher)
+    except ValueError as e:  # an unbalanced quote
+        raise UserError(f"--launcher {launcher}: {e}; quote its words as in a shell") from None
+    if not words:
+        raise UserError("--launcher is empty; give local, slurm [SBATCH OPTIONS] or a command such as "
+                        "\"accelerate launch\"")
     if words[0] == "local":
         if len(words) > 1:
             raise UserError(f"--launcher {launcher}: local takes nothing after it (a command prefix is its own value)")
@@ -325,7 +339,8 @@ def run_sweep(presets, out_dir, train_args: list[str], gpus=(), launcher: str | 
                     echo(f"{name}: FAILED with exit status {proc.returncode}; see {out_dir / name / 'train.log'}")
                 write_results(out_dir, collect(out_dir, runs, failed), settings, grid)
     except KeyboardInterrupt:
-        echo(f"stopping {len(running)} run(s); the same command resumes them")
+        with contextlib.suppress(OSError):  # after a SIGHUP, writes to the closed terminal fail
+            echo(f"stopping {len(running)} run(s); the same command resumes them")
         _stop(running)
         write_results(out_dir, collect(out_dir, runs, failed), settings, grid)
         raise
@@ -343,18 +358,52 @@ def _finished(out_dir, name) -> str:
 # ------------------------------------------------------------------------------------------------ Slurm job arrays
 
 
-def _slurm(*cmd, env=None) -> subprocess.CompletedProcess:
+def _slurm(*cmd, env=None) -> subprocess.CompletedProcess | None:
+    """Slurm's `cmd` run to its end; None when it has not answered within SLURM_TIMEOUT."""
     if not shutil.which(cmd[0]):
         raise UserError(f"--launcher slurm needs Slurm's {cmd[0]} on PATH; run the sweep where you run sbatch")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=SLURM_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return None
 
 
 def _in_queue(job: str) -> bool | None:
     """Whether any task of array `job` is pending, running or completing; None when Slurm could not be asked."""
     proc = _slurm("squeue", "--noheader", f"--jobs={job}", "--format=%i")
+    if proc is None:
+        return None
     if proc.returncode == 0:
         return bool(proc.stdout.strip())
     return False if "Invalid job id" in proc.stderr else None
+
+
+def _find_array(mark: str) -> str | None:
+    """The id of the array submitted with --comment=`mark` while Slurm still lists it (in any state), else None; a
+    UserError when squeue cannot say, since submitting then might run every task twice."""
+    proc = _slurm("squeue", f"--user={os.getuid()}", "--noheader", "--states=all", "--format=%F %k")
+    if proc is None or proc.returncode != 0:
+        why = f"squeue did not answer in {SLURM_TIMEOUT} s" if proc is None else f"squeue failed: {proc.stderr.strip()}"
+        raise UserError(f"cannot tell whether the sweep's last sbatch submitted its array ({why}); run the same "
+                        "command again once squeue answers")
+    for line in proc.stdout.splitlines():
+        job, _, comment = line.strip().partition(" ")
+        if comment == mark:
+            return job
+    return None
+
+
+def _record_array(out_dir: Path, job: str, mark: str, names: list[str], echo) -> None:
+    """OUTPUT_DIR/slurm.json for the submitted array, and each run's train.log a link to its task's console."""
+    write_text(out_dir / "slurm.json", json.dumps({"job": job, "comment": mark, "runs": names}) + "\n")
+    for i, name in enumerate(names):
+        log = out_dir / name / "train.log"
+        if log.is_symlink() or not log.exists():  # its console, as a local run's would be
+            link = log.with_name(".train.log.new")
+            link.unlink(missing_ok=True)
+            link.symlink_to(f"../slurm-{job}_{i}.out")
+            link.replace(log)
+        echo(f"{name}: Slurm array task {job}_{i}, log {log}")
 
 
 def _submit_array(runs: list[Run], out_dir: Path, train_args, sbatch_args, echo) -> str:
@@ -376,27 +425,38 @@ def _submit_array(runs: list[Run], out_dir: Path, train_args, sbatch_args, echo)
     # the sweep's own environment for every task (sbatch passes it on): its Python first on PATH
     env = dict(os.environ, ARRAY_TASKS=str(tasks.resolve()), LAUNCH_DIR=str(script.parent),
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+    # A mark of this submission, recorded before sbatch runs: an sbatch that submits and then times out, or a sweep
+    # killed while it waits, leaves the array findable by its comment, so the next run never submits it again.
+    mark, names = f"resnet_lite-sweep-{uuid.uuid4().hex[:16]}", [run.name for run in runs]
+    write_text(out_dir / "slurm.json", json.dumps({"submitting": mark, "runs": names}) + "\n")
     cmd = ["sbatch", "--parsable", f"--array=0-{len(runs) - 1}", f"--output={out_dir.resolve()}/slurm-%A_%a.out",
-           *sbatch_args, str(script)]
+           *sbatch_args, f"--comment={mark}", str(script)]
     proc = _slurm(*cmd, env=env)
-    if proc.returncode != 0:
+    if proc is None:
+        job = _find_array(mark)
+        if job is None:
+            raise UserError(f"sbatch did not answer in {SLURM_TIMEOUT} s and its array is not in the queue (yet); the "
+                            "same command looks for it again before it submits anything")
+        echo(f"sbatch did not answer in {SLURM_TIMEOUT} s but submitted array {job}")
+    elif proc.returncode != 0:
         reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         raise UserError(f"sbatch did not take the array ({reason}); check the options after --launcher slurm")
-    job = proc.stdout.strip().split(";")[0]
-    write_text(out_dir / "slurm.json", json.dumps({"job": job, "runs": [run.name for run in runs]}) + "\n")
-    for i, run in enumerate(runs):
-        log = out_dir / run.name / "train.log"
-        if log.is_symlink() or not log.exists():  # its console, as a local run's would be
-            link = log.with_name(".train.log.new")
-            link.unlink(missing_ok=True)
-            link.symlink_to(f"../slurm-{job}_{i}.out")
-            link.replace(log)
-        echo(f"{run.name}: Slurm array task {job}_{i}, log {log}")
+    else:
+        job = proc.stdout.strip().split(";")[0]
+    _record_array(out_dir, job, mark, names, echo)
     return job
 
 
 def _run_on_slurm(runs, pending, out_dir, train_args, sbatch_args, settings, grid, wait, echo) -> list[dict]:
     previous = json.loads((out_dir / "slurm.json").read_text()) if (out_dir / "slurm.json").is_file() else None
+    if previous and "submitting" in previous:  # an sbatch that did not answer, or a sweep killed while it waited
+        job = _find_array(previous["submitting"])
+        if job:
+            echo(f"Slurm array {job} was submitted by an earlier run of this sweep that did not hear back from sbatch")
+            _record_array(out_dir, job, previous["submitting"], previous["runs"], echo)
+            previous = {"job": job, "runs": previous["runs"]}
+        else:
+            previous = None  # it never reached Slurm, or has ended and left the queue: its runs say what is done
     if previous and _in_queue(previous["job"]) is not False:  # never submit a run that is still queued
         job, queued = previous["job"], [name for name in previous["runs"] if name in {r.name for r in runs}]
         echo(f"Slurm array {job} is still in the queue ({', '.join(queued)}): waiting for it, not submitting again"
@@ -493,8 +553,8 @@ def _gpus(text: str | None) -> list[int]:
     return ids
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt  # stop the runs as Ctrl-C does (a scheduler's cancel, `kill`)
+def _on_stop_signal(signum, frame):
+    raise KeyboardInterrupt  # stop the runs as Ctrl-C does (a scheduler's cancel, `kill`, a closed terminal)
 
 
 @cli
@@ -509,7 +569,10 @@ def main(argv=None):
              "wandb.mode": args.wandb}
     for run in runs:  # every mistake in the settings shows now, not hours into the sweep
         resolve_config(run.preset, flags=flags, overrides=shared + run.overrides)
-    kind, _ = parse_launcher(args.launcher)
+    kind, words = parse_launcher(args.launcher)
+    if kind == "slurm" and any(w == "--comment" or w.startswith("--comment=") for w in words):
+        raise UserError("--launcher slurm: the sweep sets sbatch's --comment itself (it finds its array by it); leave "
+                        "--comment out")
     if kind == "slurm" and not shutil.which("sbatch"):
         raise UserError("--launcher slurm needs Slurm's sbatch on PATH; run the sweep where you run sbatch")
     if args.wait and kind != "slurm":
@@ -526,12 +589,14 @@ def main(argv=None):
     settings = shlex.join(train_args + shared)
     if not any(o.startswith("wandb.group=") for o in overrides) and not os.environ.get("WANDB_RUN_GROUP"):
         shared.append(f"wandb.group={Path(args.output_dir).resolve().name}")  # the study's runs shown together
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    for signum in (signal.SIGTERM, signal.SIGHUP):  # the trainers sit in sessions of their own: no SIGHUP reaches them
+        signal.signal(signum, _on_stop_signal)
     try:
         rows = run_sweep(runs, args.output_dir, train_args + shared, gpus, args.launcher, settings,
                          echo=lambda line: print(line, flush=True), grid=grid, wait=args.wait)
     except KeyboardInterrupt:
-        print(f"interrupted; results so far in {args.output_dir}/results.md", file=sys.stderr)
+        with contextlib.suppress(OSError):
+            print(f"interrupted; results so far in {args.output_dir}/results.md", file=sys.stderr)
         return 130
     print_results(rows, args.output_dir, grid)
     failed = [r["run"] for r in rows if r["status"].startswith("failed")]

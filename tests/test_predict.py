@@ -1,5 +1,6 @@
 """predict: real PNG/JPEG/BMP/GIF files of several sizes, directories, a broken file; the probabilities are the model's."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,16 @@ def test_nothing_readable_is_an_error_in_a_real_process(tiny_run, tmp_path):
     lines = proc.stderr.splitlines()
     assert lines[-1].startswith("error: no image could be predicted") and len(lines) == 3
     assert any("broken.png cannot be read" in line for line in lines) and any("no image files" in line for line in lines)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:7"])
+def test_a_device_this_machine_lacks_is_a_one_line_error(tiny_run, tmp_path, device):
+    Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / "one.png")
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="")  # no GPU, whatever this machine has
+    proc = subprocess.run([sys.executable, "-m", "resnet_lite.predict", str(tiny_run), str(tmp_path / "one.png"),
+                           "--device", device], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == [f"error: --device {device}: this machine has no CUDA GPU(s); use --device cpu"]
 
 
 def test_find_images_keeps_the_order_given_and_sorts_directories(tmp_path):

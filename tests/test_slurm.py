@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -233,3 +234,153 @@ def test_launch_readme_shows_the_tested_cpu_commands_and_slurm_takes_them(slurm_
         assert line, f"sbatch {' '.join(options)} launch/{script}"
         proc = slurm_cluster.run("sbatch", "--test-only", *shlex.split(line.group(0))[1:], check=False, cwd=REPO)
         assert proc.returncode == 0 and "to start at" in proc.stderr, proc.stderr
+
+
+def _default_run_dir(job):
+    return REPO / "runs" / f"resnet_lite-{job.id}"  # where the recipes train when not told otherwise
+
+
+@pytest.mark.slow
+def test_a_users_output_dir_is_the_run_dir_and_what_the_requeued_job_resumes(slurm_cluster, tmp_path):
+    """`sbatch slurm_1node.sbatch ... --output-dir=DIR`: the recipe used to append its own --output-dir after it, which
+    argparse took instead, so the job trained in runs/<job name>-<job id>. Now DIR is the run directory of both starts."""
+    run = tmp_path / "mine"
+    job = Job(slurm_cluster, "slurm_1node.sbatch", CPU, [*RUN, f"--output-dir={run}"], _env(slurm_cluster, tmp_path),
+              tmp_path / "job.out")
+    try:
+        job.wait_for("a first checkpoint", lambda: _checkpoints(run))
+        slurm_cluster.run("scancel", "--batch", "--signal=USR1", job.id)
+        job.release_when_requeued()
+        assert job.finish() == 0, job.log()
+        assert not _default_run_dir(job).exists()
+    finally:
+        shutil.rmtree(_default_run_dir(job), ignore_errors=True)
+    log = job.log()
+    assert f"start 1: 0 GPU(s), 1 process(es), launch/cpu.yaml, run dir {run}\n" in log
+    assert f"start 2: 0 GPU(s), 1 process(es), launch/cpu.yaml, run dir {run}\n" in log
+    assert f"requeueing job {job.id} to resume from {run}\n" in log
+    assert re.search(rf"resuming {re.escape(str(run))}\S* at epoch \d+ step \d+", log), log
+    assert [r["epoch"] for r in _rows(run)] == [1, 2, 3] and (run / "summary.json").is_file()
+
+
+@pytest.mark.slow
+def test_every_spelling_of_the_output_dir_is_the_run_dir_in_both_recipes(slurm_cluster, tmp_path):
+    """--output-dir DIR, an abbreviation argparse takes (--output DIR), the override output_dir=DIR: each one is the run
+    directory, in slurm_1node.sbatch and (two tasks as two machines) in slurm_multi_node.sbatch. Submitted together."""
+    args = [*RUN, "epochs=1"]
+    spellings = {"1node-flag": ("slurm_1node.sbatch", CPU, ["--output-dir", "{}"]),
+                 "1node-abbreviation": ("slurm_1node.sbatch", CPU, ["--output", "{}"]),
+                 "1node-override": ("slurm_1node.sbatch", CPU, ["output_dir={}"]),
+                 "multi-node-flag": ("slurm_multi_node.sbatch", TWO_AS_NODES, ["--output-dir", "{}"])}
+    jobs = {}
+    try:
+        for name, (script, sbatch, words) in spellings.items():
+            run = tmp_path / name
+            env = _env(slurm_cluster, tmp_path, MAIN_PORT=str(free_port()))
+            jobs[name] = Job(slurm_cluster, script, sbatch, [*args, *(w.format(run) for w in words)], env,
+                             tmp_path / f"{name}.out")
+        for name, job in jobs.items():
+            assert job.finish() == 0, job.log()
+            assert f"run dir {tmp_path / name}\n" in job.log() and (tmp_path / name / "summary.json").is_file()
+            assert not _default_run_dir(job).exists()
+    finally:
+        for job in jobs.values():
+            if job.proc.poll() is None:
+                slurm_cluster.run("scancel", job.id, check=False)
+                job.proc.wait()
+            shutil.rmtree(_default_run_dir(job), ignore_errors=True)
+
+
+SHIM = """#!/bin/bash
+# {name} as a busy controller's: slow before it reaches Slurm (SHIM_SLOW=before-{name}) or after (after-{name})
+echo "$*" >>"{log}"
+if [[ ${{SHIM_SLOW:-}} == before-{name} ]]; then sleep 20; fi
+{real} "$@"
+rc=$?
+touch "{log}.done"
+if [[ ${{SHIM_SLOW:-}} == after-{name} ]]; then sleep 20; fi
+exit $rc
+"""
+
+
+@pytest.mark.slow
+def test_an_sbatch_or_squeue_that_does_not_answer_never_submits_an_array_twice(slurm_cluster, tmp_path):
+    """Real sbatch and squeue behind PATH shims that answer late, the sweep's SLURM_TIMEOUT set to 3 s. Timeouts are
+    one-line errors; an sbatch that submitted but did not answer in time, or whose sweep was killed while it hung, leaves
+    an array that the sweep (then or on its next run) finds by the comment it wrote to slurm.json before calling sbatch,
+    and never submits again. The arrays are held (--hold): this is about what is submitted, not what runs."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name in ("sbatch", "squeue"):
+        shim = shims / name
+        shim.write_text(SHIM.format(name=name, log=tmp_path / f"{name}.calls", real=shutil.which(name)))
+        shim.chmod(0o755)
+    env = _env(slurm_cluster, tmp_path)
+    env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
+
+    def sweep(out, timeout=30, slow=""):
+        code = f"import sys, resnet_lite.sweep as s; s.SLURM_TIMEOUT = {timeout}; sys.exit(s.main(sys.argv[1:]))"
+        return [sys.executable, "-c", code, "model5", "optim.lr=0.01,0.003", "--output-dir", str(out), "--epochs", "1",
+                "--data", "synthetic", "--wandb", "disabled", "--launcher", "slurm --hold " + " ".join(CPU)], \
+            dict(env, SHIM_SLOW=slow)
+
+    def submissions():
+        path = tmp_path / "sbatch.calls"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    def arrays(out):
+        mark = json.loads((out / "slurm.json").read_text()).get("comment")
+        rows = slurm_cluster.run("squeue", "--noheader", "--states=all", "--format=%F %k").stdout.split("\n")
+        return {line.split()[0] for line in rows if line.strip() and line.split()[1:] == [mark]}
+
+    def one_error_line(proc, message):
+        lines = proc.stderr.splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], \
+            proc.stderr
+
+    try:
+        # sbatch hangs before it reaches Slurm: nothing is submitted; one line, and slurm.json says it was submitting
+        first = tmp_path / "first"
+        cmd, cmd_env = sweep(first, timeout=3, slow="before-sbatch")
+        proc = subprocess.run(cmd, env=cmd_env, capture_output=True, text=True, timeout=120)
+        one_error_line(proc, "sbatch did not answer in 3 s and its array is not in the queue (yet)")
+        assert submissions() == 1 and "submitting" in json.loads((first / "slurm.json").read_text())
+
+        # sbatch submits, then hangs: the sweep finds the array it submitted and reports it queued
+        cmd, cmd_env = sweep(first, timeout=3, slow="after-sbatch")
+        proc = subprocess.run(cmd, env=cmd_env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads((first / "slurm.json").read_text())
+        assert f"sbatch did not answer in 3 s but submitted array {record['job']}" in proc.stdout
+        assert submissions() == 2 and arrays(first) == {record["job"]} and "submitting" not in record
+        # and the same command again waits for it, or reports it, without submitting
+        cmd, cmd_env = sweep(first)
+        proc = subprocess.run(cmd, env=cmd_env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and f"Slurm array {record['job']} is still in the queue" in proc.stdout, proc.stderr
+        assert submissions() == 2 and arrays(first) == {record["job"]}
+
+        # a sweep killed while sbatch hangs after submitting: its next run finds the array, once squeue answers
+        second = tmp_path / "second"
+        cmd, cmd_env = sweep(second, timeout=120, slow="after-sbatch")
+        (tmp_path / "sbatch.calls.done").unlink()
+        killed = subprocess.Popen(cmd, env=cmd_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "sbatch.calls.done").exists():  # the real sbatch has submitted; the shim hangs on
+            assert killed.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        killed.kill()
+        killed.wait()
+        assert "submitting" in json.loads((second / "slurm.json").read_text())
+        cmd, cmd_env = sweep(second, timeout=3, slow="before-squeue")
+        proc = subprocess.run(cmd, env=cmd_env, capture_output=True, text=True, timeout=120)
+        one_error_line(proc, "cannot tell whether the sweep's last sbatch submitted its array (squeue did not answer")
+        cmd, cmd_env = sweep(second)
+        proc = subprocess.run(cmd, env=cmd_env, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        record = json.loads((second / "slurm.json").read_text())
+        assert f"Slurm array {record['job']} was submitted by an earlier run of this sweep" in proc.stdout
+        assert f"Slurm array {record['job']} is still in the queue" in proc.stdout
+        assert submissions() == 3 and arrays(second) == {record["job"]}
+        assert os.readlink(second / "lr0.003" / "train.log") == f"../slurm-{record['job']}_1.out"
+    finally:
+        slurm_cluster.cancel_all()

@@ -1,9 +1,12 @@
 """sweep: a real two-preset study with tiny settings, stopped mid-run, resumed two runs at a time, then skipped;
 the tables and the figure it leaves; one-line errors before anything starts."""
+import contextlib
 import csv
 import json
 import os
+import pty
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -121,6 +124,46 @@ def test_a_run_stopped_by_its_own_signal_is_reported_resumable(tmp_path):
     assert re.search(r"\| model5 \|.*\| interrupted \(exit 75\)", (out / "results.md").read_text())
 
 
+@pytest.mark.slow
+def test_a_closed_terminal_stops_the_trainers_as_sigterm_does(tmp_path):
+    """Closing the sweep's terminal sends it SIGHUP. Its trainers sit in sessions of their own, out of the terminal's
+    reach: the sweep must stop them (each saves a checkpoint) rather than die and leave them running orphaned."""
+    out = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "--output-dir", str(out), *TINY, "--epochs", "50"]
+    pid, terminal = pty.fork()  # the sweep leads a session whose controlling terminal is this pty
+    if pid == 0:
+        try:
+            os.execve(sys.executable, cmd, _env())
+        finally:
+            os._exit(127)
+    trainer, seen, status, deadline = None, b"", None, time.monotonic() + 240
+    try:
+        while trainer is None or not list((out / "model5" / "checkpoints").glob("step-*.pt")):
+            assert time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG)[0] == 0, seen.decode(errors="replace")
+            if select.select([terminal], [], [], 0.05)[0]:
+                seen += os.read(terminal, 4096)
+                found = re.search(rb"model5: started \(pid (\d+)\)", seen)
+                trainer = int(found.group(1)) if found else None
+        os.close(terminal)  # the terminal goes: the kernel sends SIGHUP to the session's leader, the sweep
+        while status is None:
+            assert time.monotonic() < deadline, "the sweep did not exit after SIGHUP"
+            time.sleep(0.1)
+            done, code = os.waitpid(pid, os.WNOHANG)
+            status = os.waitstatus_to_exitcode(code) if done else None
+        assert not _pid_alive(trainer)  # stopped, and waited for, by the sweep
+    finally:
+        if trainer and _pid_alive(trainer):
+            os.killpg(trainer, signal.SIGKILL)
+        if status is None:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+    assert status == 130, status  # the sweep's interrupted exit, not killed by the signal
+    log = (out / "model5" / "train.log").read_text()
+    assert "SIGTERM received: saving a checkpoint" in log and re.search(r"stopped by SIGTERM after step \d+", log), log
+    assert re.search(r"\| model5 \|.*\| interrupted \|", (out / "results.md").read_text())
+
+
 @pytest.mark.parametrize("argv, message", [
     (["model55"], "unknown preset 'model55'; did you mean model5"),
     (["model5", "optim.lrr=0.1"], "unknown setting 'optim.lrr'"),
@@ -133,6 +176,9 @@ def test_a_run_stopped_by_its_own_signal_is_reported_resumable(tmp_path):
     (["model5", "--launcher", "local --fast"], "local takes nothing after it"),
     (["model5", "--wait"], "--wait is for --launcher slurm"),
     (["model5", "--launcher", "slurm", "--gpus", "0"], "--gpus is for runs on this machine"),
+    (["model5", "--launcher", 'slurm "--time=1'], "--launcher slurm \"--time=1: No closing quotation"),
+    (["model5", "--launcher", " "], "--launcher is empty"),
+    (["model5", "--launcher", "slurm --comment=mine"], "the sweep sets sbatch's --comment itself"),
 ])
 def test_mistakes_stop_before_any_run(tmp_path, capsys, argv, message):
     with pytest.raises(SystemExit) as exit_info:
@@ -140,6 +186,19 @@ def test_mistakes_stop_before_any_run(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("setting", ["output_dir={tmp}/shared", "output_dir={tmp}/a,{tmp}/b"])
+def test_an_output_dir_setting_is_refused_naming_the_sweeps_own_folder(tmp_path, capsys, setting):
+    """Every run would train in (or resume from) that one folder; --output-dir is the sweep's, each run gets its own."""
+    quick = ["--epochs", "1", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.image_size=8",
+             "data.synthetic_train=64", "data.synthetic_test=32"]  # what runs, should the setting not be refused
+    with pytest.raises(SystemExit) as exit_info:
+        main(["model5", setting.format(tmp=tmp_path), "--output-dir", str(tmp_path / "sweep"), *quick])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "would put every run of the sweep in one folder" in err and "--output-dir, the sweep's folder" in err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_help_names_the_presets_and_the_files(capsys):
