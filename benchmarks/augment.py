@@ -27,7 +27,7 @@ import torchvision.transforms as T
 from PIL import Image
 
 from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
-from resnet_lite.augment import build_augment
+from resnet_lite.data.augment import build_augment
 
 MEAN = (0.4914, 0.4821, 0.4465)  # the seed's CIFAR-10 statistics
 STD = (0.2470, 0.2434, 0.2615)

@@ -23,7 +23,8 @@ def phase(spec, root, device):
     """One load in this process; prints a JSON line of figures."""
     import torch
 
-    from resnet_lite.data import DeviceLoader, load_dataset
+    from resnet_lite.data.loader import DeviceLoader
+    from resnet_lite.data.sources import load_dataset
 
     imported = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t = time.perf_counter()
@@ -68,7 +69,7 @@ def write_bin_copy(jpeg_root, cache, target):
     """CIFAR-10 binary layout (5 train batches + test) with the JPEG set's pixels: a full-size input for the reader."""
     import numpy as np
 
-    from resnet_lite.data import load_dataset
+    from resnet_lite.data.sources import load_dataset
 
     ds = load_dataset(f"imagefolder:{jpeg_root}", root=str(cache))
     folder = target / "cifar-10-batches-bin"

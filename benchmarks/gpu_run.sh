@@ -159,7 +159,7 @@ with open(sys.argv[3], "a") as env:
     print("resnet_lite", resnet_lite.__version__, "from", resnet_lite.__file__, file=env)
 from resnet_lite.config import resolve_config
 from resnet_lite.data import load_dataset
-from resnet_lite.ema import EMAConfig, build_ema, update_ema
+from resnet_lite.training.ema import EMAConfig, build_ema, update_ema
 net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
 update_ema(build_ema(EMAConfig(enabled=True), net), net, EMAConfig(enabled=True), 1)
 for name in ("fast", "fast94", "model5"):

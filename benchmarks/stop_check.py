@@ -1,4 +1,4 @@
-"""What the trainer's per-step stop check costs: resnet_lite.signals.StopCheck (a MAX all-reduce of three numbers per
+"""What the trainer's per-step stop check costs: resnet_lite.training.signals.StopCheck (a MAX all-reduce of three numbers per
 optimizer step, read one step later) against the same DDP training step without it, in one and in two processes.
 
     python benchmarks/stop_check.py                          # CPU: gloo; on GPUs: NCCL, one process per GPU
@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from resnet_lite.models import create_model
-from resnet_lite.signals import StopCheck, StopFlag
+from resnet_lite.models.lite import create_model
+from resnet_lite.training.signals import StopCheck, StopFlag
 
 
 def _worker(rank: int, world: int, args, port: int) -> None:

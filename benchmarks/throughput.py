@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 
 from _machine import hardware  # benchmarks/ is on sys.path when a script runs
-from resnet_lite import count_macs, create_model
-from resnet_lite.augment import build_augment, build_normalize
-from resnet_lite.files import write_json
-from resnet_lite.optim import OptimConfig, build_optimizer
+from resnet_lite.models.lite import create_model
+from resnet_lite.models.tools import count_macs
+from resnet_lite.data.augment import build_augment
+from resnet_lite.data.images import build_normalize
+from resnet_lite.outputs.files import write_json
+from resnet_lite.training.optim import OptimConfig, build_optimizer
 
 VARIANTS = ("lite_r4b2", "lite_r4b3", "lite_r5b2")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

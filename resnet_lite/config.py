@@ -20,15 +20,15 @@ from pathlib import Path
 
 import yaml
 
-from .augment import AugmentConfig
-from .data import DataConfig
-from .ema import EMAConfig
-from .engine import DDPConfig
+from .data.augment import AugmentConfig
+from .data.sources import DataConfig
+from .training.ema import EMAConfig
+from .training.distributed import DDPConfig
 from .errors import UserError, did_you_mean
-from .loggers import WANDB_MODES, WandbConfig
-from .optim import OptimConfig, ScheduleConfig
+from .outputs.tracking import WANDB_MODES, WandbConfig
+from .training.optim import OptimConfig, ScheduleConfig
 from .shipped import shipped
-from .tta import check_tta
+from .models.tta import check_tta
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
            "parse_override", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
@@ -95,16 +95,16 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset (resnet_lite.data)"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
-        "help": "training augmentation (resnet_lite.augment)"})
-    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the optimizer (resnet_lite.optim)"})
+        "help": "training augmentation (resnet_lite.data.augment)"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the optimizer (resnet_lite.training.optim)"})
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={
-        "help": "the learning-rate schedule (resnet_lite.optim)"})
+        "help": "the learning-rate schedule (resnet_lite.training.optim)"})
     ema: EMAConfig = field(default_factory=EMAConfig, metadata={
-        "help": "evaluate (and save) an average of the weights (resnet_lite.ema)"})
+        "help": "evaluate (and save) an average of the weights (resnet_lite.training.ema)"})
     ddp: DDPConfig = field(default_factory=DDPConfig, metadata={
-        "help": "DistributedDataParallel with more than one process (resnet_lite.engine)"})
+        "help": "DistributedDataParallel with more than one process (resnet_lite.training.engine)"})
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata={
-        "help": "Weights & Biases logging (resnet_lite.loggers); a plain string is read as wandb.mode"})
+        "help": "Weights & Biases logging (resnet_lite.outputs.tracking); a plain string is read as wandb.mode"})
 
     def __post_init__(self):
         for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum", "eval_every", "keep_checkpoints"):

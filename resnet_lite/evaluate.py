@@ -10,7 +10,7 @@ Writes evaluation-<weights>-<split>-tta<level>.json and confusion-<...>.png into
 e.g. evaluation-last-test-tta1.json; with any other data, batch size or precision than the run's own, the data's name
 and a hash of those settings are added (evaluation-last-test-tta1-imagefolder_images-3f9c2a1b.json): evaluating again
 with other settings keeps the earlier files, and again with the same settings rewrites the same result. The
-computation is the trainer's own test pass (resnet_lite.engine.evaluate_loader through resnet_lite.tta.TTA), so the
+computation is the trainer's own test pass (resnet_lite.training.engine.evaluate_loader through resnet_lite.models.tta.TTA), so the
 run's last weights on its test data, with
 its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
 """
@@ -23,14 +23,17 @@ from pathlib import Path
 
 import torch
 
-from .data import SPECS, DataConfig, DeviceLoader, load_data
-from .engine import accelerator_session, evaluate_loader, resolve_mixed_precision
-from .errors import ArgumentParser, UserError, cli
-from .files import write_json
-from .plots import plot_confusion
-from .rundir import RUN_OR_WEIGHTS, WEIGHTS, evaluation_files
-from .runs import Run, load_run
-from .tta import TTA, tta_level
+from .data.loader import DeviceLoader
+from .data.sources import DataConfig, SPECS, load_data
+from .training.distributed import accelerator_session, resolve_mixed_precision
+from .training.engine import evaluate_loader
+from .cli import ArgumentParser, cli
+from .errors import UserError
+from .outputs.files import write_json
+from .outputs.plots import plot_confusion
+from .outputs.rundir import RUN_OR_WEIGHTS, WEIGHTS, evaluation_files
+from .outputs.runs import TrainedModel, load_run
+from .models.tta import TTA, tta_level
 
 __all__ = ["evaluate", "main"]
 
@@ -38,7 +41,7 @@ SPLITS = ("test", "val", "train")
 MAX_TABLE_CLASSES = 20  # per-class rows printed; more classes: the weakest ones
 
 
-def _precision(setting: str, run: Run) -> str:
+def _precision(setting: str, run: TrainedModel) -> str:
     """'auto': the precision the run's final accuracy was measured with, where this machine can use it."""
     if setting != "auto":
         return setting
@@ -48,7 +51,7 @@ def _precision(setting: str, run: Run) -> str:
     return resolve_mixed_precision("auto")
 
 
-def _data_config(run: Run, spec: str | None, data_dir: str | None, image_size: int | None) -> DataConfig:
+def _data_config(run: TrainedModel, spec: str | None, data_dir: str | None, image_size: int | None) -> DataConfig:
     if run.config is None and spec is None:
         raise UserError(f"{run.weights} is not in a run directory, so its data is unknown; give --data SPEC ({SPECS})")
     cfg = run.config.data if run.config else DataConfig()
@@ -59,8 +62,8 @@ def _data_config(run: Run, spec: str | None, data_dir: str | None, image_size: i
 def evaluate(path, data: str | None = None, split: str = "test", weights: str = "last", tta: int | None = None,
              batch_size: int | None = None, mixed_precision: str = "auto", output=None, data_dir: str | None = None,
              image_size: int | None = None) -> dict:
-    """Evaluate the model at `path` (see resnet_lite.runs.load_run) on a split of `data` (default: the run's own data).
-    tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.tta.TTA); None: the run's own level (else 0).
+    """Evaluate the model at `path` (see resnet_lite.outputs.runs.load_run) on a split of `data` (default: the run's own data).
+    tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.models.tta.TTA); None: the run's own level (else 0).
 
     Every process of `accelerate launch` takes its shard; the returned result is the same on all. The main process
     writes evaluation-<name>.json and confusion-<name>.png (see output_name) into `output` (default: the run
@@ -103,7 +106,7 @@ def evaluate(path, data: str | None = None, split: str = "test", weights: str = 
     return report
 
 
-def output_name(run: Run, data: DataConfig, split: str, tta: int, batch_size: int, precision: str) -> str:
+def output_name(run: TrainedModel, data: DataConfig, split: str, tta: int, batch_size: int, precision: str) -> str:
     """'last-test-tta1': the weights, split and TTA level of an evaluation with the run's own data, eval batch size and
     precision. Any other setting adds the data's name and a hash of every setting that can change the result
     ('m-test-tta0-imagefolder_images-3f9c2a1b' for imagefolder:~/images), so that an evaluation with other settings,
@@ -128,7 +131,7 @@ def _short(names: list[str]) -> str:
     return f"[{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}] ({len(names)})"
 
 
-def _report(run: Run, spec, split, tta, batch_size, result, accelerator) -> dict:
+def _report(run: TrainedModel, spec, split, tta, batch_size, result, accelerator) -> dict:
     confusion = result["confusion"]
     report = {
         "model": run.meta["model"], "weights": str(run.weights), "data": spec, "split": split, "tta": tta,

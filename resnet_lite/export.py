@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArgumentParser, UserError, cli
-from .files import staged
-from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
+from .cli import ArgumentParser, cli
+from .errors import UserError
+from .outputs.files import staged
+from .outputs.rundir import RUN_OR_WEIGHTS, WEIGHTS
+from .outputs.runs import TrainedModel, load_run
 
 __all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_timm", "export", "main"]
 
@@ -31,7 +33,7 @@ TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size, so a batch
 TOLERANCE = 1e-4  # max |exported - pytorch| per logit, relative to the logits' largest magnitude (float32 kernels differ)
 
 
-def _sample(run: Run, batch: int) -> torch.Tensor:
+def _sample(run: TrainedModel, batch: int) -> torch.Tensor:
     """Normalised images of random pixels, the kind of input the model sees."""
     size = run.image_size or 32
     g = torch.Generator().manual_seed(batch)
@@ -46,12 +48,12 @@ def _check(name: str, got: torch.Tensor, expected: torch.Tensor) -> float:
     return diff
 
 
-def _description(run: Run) -> dict:
+def _description(run: TrainedModel) -> dict:
     keys = ("model", "num_classes", "in_chans", "image_size", "classes", "mean", "std")
     return {k: run.meta.get(k) for k in keys}
 
 
-def export_onnx(run: Run, path, dynamo: bool | None = None) -> float:
+def export_onnx(run: TrainedModel, path, dynamo: bool | None = None) -> float:
     """ONNX file with inputs `image` (batch dimension `batch`) and outputs `logits`; returns the max difference to
     PyTorch measured with onnxruntime. dynamo: torch.export-based exporter (default: when onnxscript is installed)."""
     try:
@@ -83,7 +85,7 @@ def export_onnx(run: Run, path, dynamo: bool | None = None) -> float:
     return diff
 
 
-def export_torchscript(run: Run, path) -> float:
+def export_torchscript(run: TrainedModel, path) -> float:
     """Traced TorchScript archive: tracing takes any timm model a run may train, scriptable or not, and these
     forwards have no data-dependent branches, so it records all of them. Returns the max difference after
     torch.jit.load."""
@@ -102,7 +104,7 @@ def export_torchscript(run: Run, path) -> float:
     return diff
 
 
-def export_timm(run: Run, folder) -> float:
+def export_timm(run: TrainedModel, folder) -> float:
     """timm folder: config.json (architecture, num_classes, num_features, label_names, pretrained_cfg with input_size,
     mean, std) and model.safetensors, written by timm's own save_for_hf, so timm.create_model("local-dir:FOLDER",
     pretrained=True) rebuilds it. Checked by reading it back with timm's config parser and checkpoint loader."""
@@ -134,7 +136,7 @@ def export_timm(run: Run, folder) -> float:
 
 
 def export(path, fmt: str, output, weights: str = "last", overwrite: bool = False) -> tuple[Path, float]:
-    """Export the model at `path` (see resnet_lite.runs.load_run) as `fmt` to `output`; (output, max difference).
+    """Export the model at `path` (see resnet_lite.outputs.runs.load_run) as `fmt` to `output`; (output, max difference).
     An existing `output` is replaced only with `overwrite` (a typo must not destroy model_last.safetensors)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")

@@ -11,7 +11,8 @@ from $LAUNCH_DIR.)
 """
 import sys
 
-from .errors import ArgumentParser, UserError, cli, did_you_mean
+from .cli import ArgumentParser, cli
+from .errors import UserError, did_you_mean
 from .shipped import shipped
 
 __all__ = ["recipes", "recipe", "main"]

@@ -16,16 +16,18 @@ from pathlib import Path
 
 import torch
 
-from .errors import ArgumentParser, UserError, cli
-from .images import IMAGE_ERRORS, decode, image_extensions, list_images
-from .runs import RUN_OR_WEIGHTS, WEIGHTS, Run, load_run
-from .tta import TTA, tta_level
+from .cli import ArgumentParser, cli
+from .errors import UserError
+from .data.images import IMAGE_ERRORS, decode, image_extensions, list_images
+from .outputs.rundir import RUN_OR_WEIGHTS, WEIGHTS
+from .outputs.runs import TrainedModel, load_run
+from .models.tta import TTA, tta_level
 
 __all__ = ["find_images", "read_image", "predict", "main"]
 
 
 def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files, [(path, problem)]): files as given, directories walked as resnet_lite.images.list_images does."""
+    """(image files, [(path, problem)]): files as given, directories walked as resnet_lite.data.images.list_images does."""
     files, problems, extensions = [], [], image_extensions()
     for path in map(Path, paths):
         if path.is_dir():
@@ -41,7 +43,7 @@ def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
 
 
 def read_image(path, size: int, crop_pct: float = 1.0) -> torch.Tensor:
-    """uint8 3 x size x size, decoded as for training (resnet_lite.images.decode). Raises one of IMAGE_ERRORS."""
+    """uint8 3 x size x size, decoded as for training (resnet_lite.data.images.decode). Raises one of IMAGE_ERRORS."""
     return torch.from_numpy(decode(path, size, crop_pct).copy()).permute(2, 0, 1)
 
 
@@ -64,10 +66,10 @@ def _device(name: str | None) -> torch.device:
 
 
 @torch.no_grad()
-def predict(run: Run, paths, top_k: int = 5, batch_size: int = 64, device=None,
+def predict(run: TrainedModel, paths, top_k: int = 5, batch_size: int = 64, device=None,
             tta: int | None = None) -> tuple[list[dict], list[tuple[str, str]]]:
     """([{"file", "top": [{"label", "index", "probability"}, ...]}], [(file, problem)]) for image files/directories.
-    tta: 0 none, 1 flip, 2 flip + translate (resnet_lite.tta.TTA); None: the run's own level (else 0)."""
+    tta: 0 none, 1 flip, 2 flip + translate (resnet_lite.models.tta.TTA); None: the run's own level (else 0)."""
     device = _device(device)
     if run.image_size is None:
         raise UserError(f"{run.weights} does not record the model's input size; re-export it with resnet_lite")

@@ -16,8 +16,8 @@
 
 A run directory (--output-dir, default runs/<preset or model>-<YYYYmmdd-HHMMSS>) holds config.yaml (resolved),
 metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and model_last.safetensors (the plain
-model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.checkpoint)
-and, with W&B on, wandb/ (resnet_lite.rundir owns the layout and the rules). A directory that already holds a run is an
+model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.outputs.checkpoint)
+and, with W&B on, wandb/ (resnet_lite.outputs.rundir owns the layout and the rules). A directory that already holds a run is an
 error unless --resume continues it or --overwrite replaces it; the main process holds the folder's lock for the whole
 run, so a second trainer there is an error too; config.yaml leaves output_dir null, so `--config runs/x/config.yaml`
 starts a new run elsewhere.
@@ -37,7 +37,7 @@ Exit codes:
     75  stopped by a signal after saving a checkpoint (EX_TEMPFAIL): run the same command with --resume
     128 + N (shell) / -N (subprocess): killed by signal N, e.g. a second signal
 
-The run itself is resnet_lite.trainer.Trainer; its loops are in resnet_lite.engine. Test hooks: resnet_lite.hooks.
+The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks: resnet_lite.hooks.
 """
 import os
 import sys
@@ -45,23 +45,26 @@ from pathlib import Path
 
 import torch
 
-from . import rundir
-from .checkpoint import resumable_checkpoint
+from .outputs import rundir
+from .outputs.checkpoint import resumable_checkpoint
 from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
-from .data import SPECS
-from .engine import accelerator_session, resolve_mixed_precision
-from .errors import ArgumentParser, UserError, cli
-from .loggers import wandb_mode
-from .models import SEED_TABLE, count_params, create_model
-from .signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
-from .trainer import Trainer
+from .data.sources import SPECS
+from .training.distributed import accelerator_session, resolve_mixed_precision
+from .cli import ArgumentParser, cli
+from .errors import UserError
+from .outputs.tracking import wandb_mode
+from .models.lite import create_model
+from .models.tools import count_params
+from .report import SEED_TABLE
+from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
+from .training.trainer import Trainer
 
 __all__ = ["train", "main"]
 
 
 def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
     """Train as `cfg` says; returns the summary. resume: a checkpoint file to continue, or True: cfg.output_dir's
-    newest checkpoint, else a new run there if that loses nothing (resnet_lite.rundir's rules); overwrite: replace
+    newest checkpoint, else a new run there if that loses nothing (resnet_lite.outputs.rundir's rules); overwrite: replace
     the run cfg.output_dir holds (its run files are removed once the inputs are checked).
 
     The main process holds the run directory's lock for the whole run: a second trainer there gets a UserError.

@@ -10,7 +10,7 @@ import torchvision.transforms as T
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from resnet_lite import augment as A
+from resnet_lite.data import augment as A
 from resnet_lite.errors import UserError
 
 MEAN = (0.4914, 0.4821, 0.4465)

@@ -13,7 +13,7 @@ import yaml
 from resnet_lite.config import (TrainConfig, from_dict, list_presets, load_yaml, parse_override, read_preset,
                                 resolve_config, to_dict)
 from resnet_lite.errors import UserError
-from resnet_lite.models import SEED_TABLE
+from resnet_lite.report import SEED_TABLE
 from resnet_lite.train import main as train_main
 from tiny_run import tiny_run  # noqa: F401  (the fixture)
 

@@ -11,8 +11,9 @@ import torch
 from conftest import FOLDERS, write_cifar_archive, write_cifar_bin, write_cifar_py, write_imagefolder
 from PIL import Image
 
-from resnet_lite import cifar, data
-from resnet_lite.data import DataConfig, DeviceLoader, Split, channel_stats, load_data, load_dataset
+from resnet_lite.data import cifar, sources as data
+from resnet_lite.data.loader import DeviceLoader
+from resnet_lite.data.sources import DataConfig, Split, channel_stats, load_data, load_dataset
 from resnet_lite.errors import UserError
 
 SEED_MEAN, SEED_STD = (0.4914, 0.4821, 0.4465), (0.2470, 0.2434, 0.2615)  # SEED.md, CIFAR-10 training set

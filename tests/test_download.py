@@ -1,7 +1,7 @@
 """CIFAR's download under faults and races, for real: processes that start together fetch the archive once, what a
 download killed outright leaves is cleared by the next one (and never while another holds the download), and an archive
 that would write outside its folder is refused in one line, by tarfile's data filter or, on the Pythons without it, by
-resnet_lite.cifar's own check (tested here directly, whatever this Python has)."""
+resnet_lite.data.cifar's own check (tested here directly, whatever this Python has)."""
 import dataclasses
 import functools
 import hashlib
@@ -16,8 +16,8 @@ import time
 import pytest
 from conftest import FOLDERS, write_cifar_archive
 
-from resnet_lite import cifar
-from resnet_lite.data import load_dataset
+from resnet_lite.data import cifar
+from resnet_lite.data.sources import load_dataset
 from resnet_lite.errors import UserError
 
 ARCHIVE = "cifar-10-binary.tar.gz"  # the official name: the leftovers of a killed download are named after it

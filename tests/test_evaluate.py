@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import write_imagefolder
-from resnet_lite import UserError
-from resnet_lite.data import DataConfig, load_data
+from resnet_lite.errors import UserError
+from resnet_lite.data.sources import DataConfig, load_data
 from resnet_lite.evaluate import evaluate, main
-from resnet_lite.runs import load_run
+from resnet_lite.outputs.runs import load_run
 from tiny_run import TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent

@@ -7,10 +7,10 @@ import pytest
 import timm
 import torch
 
-from resnet_lite import UserError
+from resnet_lite.errors import UserError
 from resnet_lite.export import export, main
 from resnet_lite.predict import predict
-from resnet_lite.runs import load_run
+from resnet_lite.outputs.runs import load_run
 from tiny_run import tiny_run  # noqa: F401  (the fixture)
 
 CLASSES = [f"class{i}" for i in range(10)]

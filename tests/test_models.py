@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import resnet_lite
-from resnet_lite.models import SEED_TABLE, count_macs, count_params
+from resnet_lite.models.tools import count_macs, count_params
+from resnet_lite.report import SEED_TABLE
 
 MODELS = resnet_lite.list_models("lite_*")
 SEED_PARAMS = {"lite_r4b2": 2_799_146, "lite_r4b3": 4_367_786, "lite_r5b2": 4_587_306}

@@ -19,7 +19,7 @@ from formats import CIFAR10_CLASSES, write_imagefolder
 
 from resnet_lite.errors import UserError
 from resnet_lite.evaluate import evaluate
-from resnet_lite.models import create_model, published_weights
+from resnet_lite.models.lite import create_model, published_weights
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -29,10 +29,10 @@ import time_to_accuracy  # noqa: E402
 
 PROBE = """
 import json, sys, torch
-from resnet_lite.checkpoint import load_weights
+from resnet_lite.outputs.weights import load_weights
 from resnet_lite.evaluate import evaluate
 from resnet_lite.models import create_model, published_weights
-from resnet_lite.pretrained import initial_model
+from resnet_lite.models.pretrained import initial_model
 model = create_model("lite_r4b2", pretrained=True)
 (name, entry), = published_weights("lite_r4b2").items()
 state, _ = load_weights(entry["path"])

@@ -19,9 +19,10 @@ import pytest
 import torch
 
 from conftest import write_cifar_bin, write_imagefolder
-from resnet_lite import cifar
-from resnet_lite.checkpoint import list_checkpoints, load_weights
-from resnet_lite.signals import EXIT_NONFINITE, EXIT_PREEMPTED
+from resnet_lite.data import cifar
+from resnet_lite.outputs.checkpoint import list_checkpoints
+from resnet_lite.outputs.weights import load_weights
+from resnet_lite.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 from resnet_lite.train import main
 
 BIN = Path(sys.executable).parent

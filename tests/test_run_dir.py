@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from resnet_lite.checkpoint import list_checkpoints
-from resnet_lite.optim import ScheduleConfig, lr_factor
+from resnet_lite.outputs.checkpoint import list_checkpoints
+from resnet_lite.training.optim import ScheduleConfig, lr_factor
 from resnet_lite.train import main
 
 TINY = ["--data", "synthetic", "--batch-size", "64", "--lr", "0.005", "data.synthetic_train=128",

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from resnet_lite.checkpoint import load_weights
+from resnet_lite.outputs.weights import load_weights
 from slurm import free_port
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_lite.checkpoint import list_checkpoints
+from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.config import resolve_config
-from resnet_lite.engine import accelerator_session
-from resnet_lite.signals import Preempted, StopFlag
+from resnet_lite.training.distributed import accelerator_session
+from resnet_lite.training.signals import Preempted, StopFlag
 from resnet_lite.train import train
-from resnet_lite.rundir import claimed
-from resnet_lite.trainer import Trainer
+from resnet_lite.outputs.rundir import claimed
+from resnet_lite.training.trainer import Trainer
 
 BIN = Path(sys.executable).parent
 TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",

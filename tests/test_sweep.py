@@ -15,7 +15,8 @@ import time
 import pytest
 from PIL import Image
 
-from resnet_lite.sweep import SEED_PRESETS, main, plan_runs
+from resnet_lite.sweep import main
+from resnet_lite.sweep.plan import SEED_PRESETS, plan_runs
 
 TINY = ["--epochs", "2", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.synthetic_train=256",
         "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64", "checkpoint_every_steps=4"]

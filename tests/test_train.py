@@ -17,15 +17,16 @@ import yaml
 from PIL import Image
 from formats import read_wandb_records, wandb_items
 
-from resnet_lite import create_model
-from resnet_lite.augment import build_normalize
-from resnet_lite.checkpoint import list_checkpoints, load_weights
+from resnet_lite.models.lite import create_model
+from resnet_lite.data.images import build_normalize
+from resnet_lite.outputs.checkpoint import list_checkpoints
+from resnet_lite.outputs.weights import load_weights
 from resnet_lite.config import TrainConfig, from_dict, resolve_config
-from resnet_lite.data import DataConfig, load_data
-from resnet_lite.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
-from resnet_lite import loggers
-from resnet_lite.loggers import wandb_mode
-from resnet_lite.engine import resolve_mixed_precision
+from resnet_lite.data.sources import DataConfig, load_data
+from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
+from resnet_lite.outputs import tracking as loggers
+from resnet_lite.outputs.tracking import wandb_mode
+from resnet_lite.training.distributed import resolve_mixed_precision
 from resnet_lite.train import main, train
 
 BIN = Path(sys.executable).parent
@@ -135,7 +136,7 @@ def test_run_leaves_every_artifact(short_run):
 
 
 def test_curves_have_whole_epoch_ticks_and_a_learning_rate_panel(short_run):
-    from resnet_lite.plots import curves_figure
+    from resnet_lite.outputs.plots import curves_figure
 
     out, cfg, summary = short_run
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

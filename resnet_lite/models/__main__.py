@@ -4,7 +4,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from . import SEED_TABLE, count_macs, count_params, create_model, list_models
+from .lite import create_model, list_models
+from .tools import count_macs, count_params
+from ..report import SEED_TABLE
 
 
 def main():

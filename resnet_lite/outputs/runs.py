@@ -5,7 +5,7 @@
     run = load_run("exports/m5")                              # a timm-style folder written by `export --format safetensors`
     logits = run.model(run.normalize(uint8_images))
 
-Weights files carry their own description (resnet_lite.checkpoint.save_weights metadata: model, num_classes,
+Weights files carry their own description (resnet_lite.outputs.checkpoint.save_weights metadata: model, num_classes,
 in_chans, image_size, classes, mean, std), so a file alone is enough to rebuild the model and its preprocessing. That
 description is the file's, so it is checked before anything is built: a registered model name only (never hf-hub: or
 local-dir:, which would download or read another folder), and sizes within META_LIMITS.
@@ -18,14 +18,14 @@ from pathlib import Path
 import timm
 import torch
 
-from .augment import build_normalize
-from .checkpoint import load_weights
-from .config import TrainConfig, from_dict, read_yaml
-from .errors import UserError
-from .models import create_model
-from .rundir import CONFIG, RUN_OR_WEIGHTS, SUMMARY, WEIGHTS, weights_file
+from ..data.images import build_normalize
+from .weights import load_weights
+from ..config import TrainConfig, from_dict, read_yaml
+from ..errors import UserError
+from ..models.lite import create_model
+from .rundir import CONFIG, RUN_OR_WEIGHTS, SUMMARY, weights_file
 
-__all__ = ["Run", "load_run", "WEIGHTS", "RUN_OR_WEIGHTS"]
+__all__ = ["TrainedModel", "load_run"]
 
 _META_KEYS = ("model", "num_classes", "in_chans", "classes", "mean", "std")
 # What metadata may ask for: ImageNet-21k has 21,841 classes; a crafted 10**9 would be a 1 TB classifier
@@ -33,7 +33,7 @@ META_LIMITS = {"num_classes": (1, 100_000), "in_chans": (1, 64), "image_size": (
 
 
 @dataclass
-class Run:
+class TrainedModel:
     model: torch.nn.Module  # in eval mode, on the CPU
     meta: dict  # model, num_classes, in_chans, image_size, classes, mean, std (and epoch for a run's weights)
     weights: Path
@@ -87,7 +87,7 @@ def _check_meta(weights: Path, meta: dict) -> None:
                             f"{RUN_OR_WEIGHTS}")
 
 
-def load_run(path, which: str = "last") -> Run:
+def load_run(path, which: str = "last") -> TrainedModel:
     """The model and preprocessing of `path`: a run directory (its model_<which>.safetensors), a weights file, or a
     timm-style export folder. The run's config and summary come along when the weights sit in a run directory."""
     path = Path(path)
@@ -119,4 +119,4 @@ def load_run(path, which: str = "last") -> Run:
             summary = json.loads((run_dir / SUMMARY).read_text())
     else:
         run_dir = None
-    return Run(model, meta, weights, run_dir, config, summary, build_normalize(meta["mean"], meta["std"]))
+    return TrainedModel(model, meta, weights, run_dir, config, summary, build_normalize(meta["mean"], meta["std"]))

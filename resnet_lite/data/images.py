@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+import torch
 
 __all__ = ["IMAGE_ERRORS", "image_extensions", "list_images", "decode"]
 
@@ -57,3 +58,46 @@ def _resize_center_crop(img: Image.Image, size: int, crop_pct: float) -> Image.I
         img = img.resize(new, Image.BILINEAR)
     left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
     return img.crop((left, top, left + size, top + size)) if (new[0], new[1]) != (size, size) else img
+
+
+# ---------------------------------------------------------------------------------------------- normalising
+
+
+def _scale_shift(mean, std):
+    mean = torch.as_tensor(mean, dtype=torch.float64).flatten()
+    std = torch.as_tensor(std, dtype=torch.float64).flatten()
+    if mean.shape != std.shape or (std <= 0).any():
+        raise ValueError(f"mean and std need one value per channel and std > 0, got {mean.tolist()}, {std.tolist()}")
+    # (x / 255 - mean) / std as one multiply-add on the 0..255 scale
+    scale = (1.0 / (255.0 * std)).float().view(1, -1, 1, 1)
+    shift = (-mean / std).float().view(1, -1, 1, 1)
+    return scale, shift
+
+
+def _on_device(tensors):
+    """A per-device cache of small constant tensors, so a CUDA batch pays no host-to-device copy per call."""
+    cache = {}
+
+    def get(device):
+        if device not in cache:
+            cache[device] = [t.to(device) for t in tensors]
+        return cache[device]
+
+    return get
+
+
+def _check_batch(images, channels):
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != channels:
+        raise ValueError(f"expected a uint8 N x {channels} x H x W batch, got {images.dtype} {tuple(images.shape)}")
+
+
+def build_normalize(mean, std):
+    """The eval path: uint8 N x C x H x W -> (x / 255 - mean) / std as float32, mean/std on the 0..1 scale."""
+    constants = _on_device(_scale_shift(mean, std))
+
+    def normalize(images):
+        _check_batch(images, constants("cpu")[0].shape[1])
+        scale, shift = constants(images.device)
+        return images.float().mul_(scale).add_(shift)
+
+    return normalize

@@ -7,7 +7,7 @@
         model_best.safetensors     the selected epoch's weights (metadata: model, classes, mean/std, ...)
         model_last.safetensors     the final weights
         curves.png                 loss, accuracy and lr per epoch
-        checkpoints/step-*.pt      resumable checkpoints (resnet_lite.checkpoint writes them)
+        checkpoints/step-*.pt      resumable checkpoints (resnet_lite.outputs.checkpoint writes them)
         evaluation-*.json, confusion-*.png   resnet_lite.evaluate's results
         train.log                  a sweep's console of the run
         .lock                      held by the trainer writing the run
@@ -33,7 +33,7 @@ import socket
 import time
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["CONFIG", "METRICS", "SUMMARY", "CURVES", "CHECKPOINTS", "TRAIN_LOG", "LOCK", "WEIGHTS", "CONFIG_HEADER",
            "RUN_OR_WEIGHTS", "default_path", "run_of", "weights_file", "evaluation_files", "held_run", "only_a_start",

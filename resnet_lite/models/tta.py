@@ -10,7 +10,7 @@ import argparse
 import torch
 import torch.nn.functional as F
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["TTA", "TTA_LEVELS", "check_tta", "tta_level"]
 

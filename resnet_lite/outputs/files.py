@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["WriteError", "atomic_write", "staged", "write_text", "write_json", "write_yaml", "write_metrics",
            "read_metrics"]

@@ -79,3 +79,28 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path, title: str
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def plot_results(rows: list[dict], path) -> None:
+    """Every run's test accuracy per epoch in one figure (the seed report's Figures 1-9 on shared axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for i, row in enumerate(rows):
+        if row["curve"]:
+            epochs, acc = zip(*row["curve"])
+            label = f"{row['run']} ({row['variant']})" if row["variant"] else row["run"]
+            ax.plot(epochs, acc, marker="." if len(epochs) < 30 else None, color=plt.cm.tab10(i % 10), label=label)
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    plt.close(fig)

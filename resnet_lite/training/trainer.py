@@ -21,25 +21,32 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
 
-from . import __version__, hooks, rundir
-from .augment import build_augment, build_normalize
-from .augment import resolve as resolve_augment
-from .checkpoint import list_checkpoints, load_checkpoint, save_checkpoint, save_weights
-from .config import TrainConfig, to_dict, to_yaml
-from .data import DeviceLoader, load_data
+from .. import __version__
+from .. import hooks
+from ..outputs import rundir
+from ..data.augment import build_augment
+from ..data.images import build_normalize
+from ..data.augment import resolve as resolve_augment
+from ..outputs.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from ..outputs.weights import save_weights
+from ..config import TrainConfig, to_dict, to_yaml
+from ..data.loader import DeviceLoader
+from ..data.sources import load_data
 from .ema import build_ema
-from .engine import EpochResult, Loop, average_bn_stats, evaluate_loader, train_one_epoch
-from .errors import UserError
-from .files import read_metrics, write_json, write_metrics, write_text
-from .loggers import (Progress, StepLog, define_wandb_metrics, log_wandb_final, log_wandb_model, print_final,
-                      wandb_mode, wandb_settings)
-from .models import count_params, create_model
+from .distributed import average_bn_stats
+from .engine import EpochResult, Loop, evaluate_loader, train_one_epoch
+from ..errors import UserError
+from ..outputs.files import read_metrics, write_json, write_metrics, write_text
+from ..outputs.console import Progress, print_final
+from ..outputs.tracking import StepLog, define_wandb_metrics, log_wandb_final, log_wandb_model, wandb_mode, wandb_settings
+from ..models.lite import create_model
+from ..models.tools import count_params
 from .optim import build_optimizer, build_scheduler
-from .pretrained import initial_model, pretrained_source, resolve_weights_file
-from .plots import plot_curves
+from ..models.pretrained import initial_model, pretrained_source, resolve_weights_file
+from ..outputs.plots import plot_curves
 from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
 from .state import TrainState, rank_extras, restore_rank_extras, rng_state, set_rng_state
-from .tta import TTA
+from ..models.tta import TTA
 
 __all__ = ["Trainer"]
 
@@ -56,7 +63,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, run_dir, resume=None,
                  stop_flag: StopFlag | None = None, overwrite: bool = False):
-        """run_dir: the folder this process may write, claimed by the caller (resnet_lite.rundir.claimed); resume: the
+        """run_dir: the folder this process may write, claimed by the caller (resnet_lite.outputs.rundir.claimed); resume: the
         checkpoint file to continue; overwrite: the folder holds an earlier run whose files go once the inputs are
         checked."""
         self.accelerator, self.resume, self.overwrite = accelerator, resume, overwrite

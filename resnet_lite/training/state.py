@@ -6,7 +6,7 @@ A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable
     config                                    the resolved TrainConfig as a dict
     classes                                   the class names the model was trained on
     world_size                                processes that wrote it
-    initial_weights                           where the run's starting weights came from (resnet_lite.pretrained),
+    initial_weights                           where the run's starting weights came from (resnet_lite.models.pretrained),
                                               None from scratch; a resume keeps it for the summary
     rng                                       the main process's generators (rng_state)
     ranks                                     per process, rank_extras(): its partial-epoch loss and image count, rng
@@ -15,7 +15,7 @@ A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable
     + every field of TrainState               epoch, batch, step, elapsed, best, best_val, best_step, wandb_id,
                                               train_loss_sum, train_images
 
-Augmentation draws from a generator seeded per step (resnet_lite.engine.step_seed), so it needs no saved state; the
+Augmentation draws from a generator seeded per step (resnet_lite.training.engine.step_seed), so it needs no saved state; the
 data order is a function of (seed, epoch), so resuming mid-epoch skips `batch` batches.
 """
 import dataclasses

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from timm.utils import ModelEmaV3
 
-from .errors import UserError
+from ..errors import UserError
 
 __all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema"]
 

@@ -1,4 +1,4 @@
-"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds: resnet_lite.state).
+"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds: resnet_lite.training.state).
 
 Files are `checkpoints/step-00001234.pt`. A new one is complete (temp file, fsync, rename, fsync of the folder) before
 any other is removed; then the folder keeps the newest `keep` and the best one, and drops those of a later step (left
@@ -8,18 +8,16 @@ Weights are safetensors of the plain model's state_dict with metadata (model, nu
 classes, mean, std), enough for evaluate/predict/export to rebuild the model and its preprocessing.
 """
 import io
-import json
 import re
 from pathlib import Path
 
-import safetensors.torch
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .files import atomic_write
-from .hooks import crash_point
+from ..hooks import crash_point
 from .rundir import CHECKPOINTS
-from .state import REQUIRED
+from ..training.state import REQUIRED
 
 __all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint", "resumable_checkpoint",
            "save_weights", "load_weights"]
@@ -117,28 +115,3 @@ def resumable_checkpoint(path, warn=print) -> tuple[Path, dict] | None:
     return None
 
 
-def save_weights(state_dict: dict, path, metadata: dict) -> Path:
-    """safetensors file of `state_dict` (moved to CPU); metadata values that are not strings are stored as JSON."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
-    data = safetensors.torch.save(tensors, metadata=meta)
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def load_weights(path, device="cpu") -> tuple[dict, dict]:
-    """(state_dict, metadata) of a weights file written by save_weights; JSON metadata values decoded."""
-    try:
-        with safetensors.safe_open(str(path), framework="pt", device=str(device)) as f:
-            raw = f.metadata() or {}
-            state_dict = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise UserError(f"weights file {path} does not exist") from None
-    except Exception as e:
-        raise UserError(f"cannot read {path} as safetensors weights ({e})") from None
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except ValueError:
-            meta[k] = v
-    return state_dict, meta

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UserError
+from ..errors import UserError
+from ..models.tools import classifier_prefixes
 
 __all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler", "lr_factor",
            "OPTIMIZERS", "SCHEDULES"]
@@ -82,13 +83,6 @@ class ScheduleConfig:
             raise UserError("schedule.start_lr_fraction and schedule.final_lr_fraction must be in [0, 1]")
         if self.name == "seed_cosine" and self.warmup_epochs:
             raise UserError("schedule seed_cosine has no warm-up; set schedule.warmup_epochs=0 or use cosine/onecycle")
-
-
-def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
-    """State-dict key prefixes ('fc.') of the classifier(s) timm's get_classifier() returns."""
-    heads = model.get_classifier() if hasattr(model, "get_classifier") else ()
-    heads = heads if isinstance(heads, (tuple, list)) else (heads,)
-    return tuple(f"{name}." for name, m in model.named_modules() if name and any(m is h for h in heads))
 
 
 def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:

@@ -21,10 +21,10 @@ import safetensors.torch
 import timm
 import torch
 
-from .errors import UserError
-from .models import create_model
-from .optim import classifier_prefixes
-from .rundir import weights_file
+from ..errors import UserError
+from .lite import create_model
+from .tools import classifier_prefixes
+from ..outputs.rundir import weights_file
 
 __all__ = ["initial_model", "resolve_weights_file", "read_state_dict", "fit_state_dict", "pretrained_source"]
 

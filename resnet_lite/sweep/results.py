@@ -1,0 +1,126 @@
+"""A sweep's results: one row per run from its folder, written as results.csv, results.md and results.png."""
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+
+from ..config import read_yaml
+from ..outputs.files import read_metrics, write_text
+from ..report import SEED_TABLE
+from ..outputs.plots import plot_results
+from .plan import _as_run
+
+__all__ = ["PlannedRun", "plan_runs", "run_sweep", "collect", "write_results", "main"]
+
+COLUMNS = [  # (csv name, markdown header): the seed's Table 1, then what this sweep measured
+    ("preset", "preset"), ("model", "seed model"), ("train_batch", "train batch"), ("test_batch", "test batch"),
+    ("optimizer", "optimizer"), ("lr", "lr"), ("variant", "variant"), ("seed_params", "seed params"),
+    ("seed_acc", "seed acc %"), ("epochs", "epochs"), ("best_acc", "best acc %"), ("best_epoch", "best epoch"),
+    ("final_acc", "final acc %"), ("params", "params"), ("seconds", "time"), ("status", "status")]
+MEASURED = COLUMNS[COLUMNS.index(("epochs", "epochs")):]
+TEXT_COLUMNS = ("run", "preset", "optimizer", "variant", "status")
+
+
+def _columns(grid) -> list[tuple[str, str]]:
+    """The seed's Table 1 beside the measurements for presets; for a grid the run, its preset and its settings."""
+    if not grid:
+        return COLUMNS
+    return [("run", "run"), ("preset", "preset"), *[(key, key) for key in grid], ("variant", "variant"), *MEASURED]
+
+
+def _seed_row(preset: str) -> dict | None:
+    return next((r for r in SEED_TABLE if f"model{r['model']}" == preset), None)
+
+
+def collect(out_dir, runs, failed: dict | None = None) -> list[dict]:
+    """One row per run (a PlannedRun, or a preset's name) from what its directory holds (config.yaml, summary.json,
+    metrics.jsonl)."""
+    rows = []
+    for spec in map(_as_run, runs):
+        run, seed = Path(out_dir) / spec.name, _seed_row(spec.preset) or {}
+        row = {"run": spec.name, "preset": spec.preset, "model": seed.get("model", ""),
+               "train_batch": seed.get("train_batch", ""), "test_batch": seed.get("test_batch", ""),
+               "optimizer": seed.get("optimizer", ""), "lr": seed.get("lr", ""), "variant": seed.get("variant", ""),
+               "seed_params": seed.get("params", ""), "seed_acc": seed.get("acc", ""),
+               "epochs": "", "best_acc": "", "best_epoch": "", "final_acc": "", "params": "", "seconds": ""}
+        row.update(spec.settings)  # a grid's own values (model=..., even): its columns
+        metrics = read_metrics(run / "metrics.jsonl")
+        if (run / "summary.json").is_file():
+            s = json.loads((run / "summary.json").read_text())
+            row.update(epochs=s["epochs"], best_acc=round(100 * s["best_test_acc"], 4), best_epoch=s["best_epoch"],
+                       final_acc=round(100 * s["final_test_acc"], 4), params=s["params"],
+                       seconds=round(s["total_seconds"], 1), status="finished")
+        else:
+            row["epochs"] = metrics[-1]["epoch"] if metrics else ""
+            row["status"] = "interrupted" if (run / "checkpoints").is_dir() else "not started"
+        if (run / "config.yaml").is_file():  # the model it trained (a preset outside the seed's table, model=...)
+            row["variant"] = read_yaml(run / "config.yaml").get("model", row["variant"])
+        if failed and spec.name in failed:
+            row["status"] = failed[spec.name]
+        row["curve"] = [(m["epoch"], 100 * m["test_acc"]) for m in metrics if m.get("test_acc") is not None]
+        rows.append(row)
+    return rows
+
+
+def _hms(seconds) -> str:
+    if seconds == "":
+        return ""
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def _cell(key, value) -> str:
+    if key == "seconds":
+        return _hms(value)
+    if key in ("seed_params", "params") and value != "":
+        return f"{value:,}"
+    if key in ("best_acc", "final_acc") and value != "":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def write_results(out_dir, rows: list[dict], settings: str, grid=()) -> None:
+    """results.csv, results.md and results.png in `out_dir`, each written whole or not at all. grid: the keys whose
+    values differ between runs (their columns replace the seed's Table 1)."""
+    out_dir, columns = Path(out_dir), _columns(grid)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, [key for key, _ in columns], extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out_dir / "results.csv", buffer.getvalue())
+
+    if grid:
+        lines = ["# Sweep results", "",
+                 f"Settings shared by every run: {settings or 'none (each preset as it is)'}; each run's own are in "
+                 f"the columns {', '.join(grid)}. Accuracies are on the test split, time is training time.", ""]
+    else:
+        lines = ["# Sweep results beside the seed's Table 1", "",
+                 f"Settings shared by every run: {settings or 'none (each preset as it is)'}. The seed columns are "
+                 "Table 1 of the report (70 epochs, CIFAR-10); accuracies are on the test split, time is training "
+                 "time.", ""]
+    lines += ["| " + " | ".join(header for _, header in columns) + " |",
+              "|" + "|".join("---" if key in TEXT_COLUMNS or key in grid else "---:" for key, _ in columns) + "|"]
+    lines += ["| " + " | ".join(_cell(key, row[key]) for key, _ in columns) + " |" for row in rows]
+    write_text(out_dir / "results.md", "\n".join(lines) + "\n")
+    plot_results(rows, out_dir / "results.png")
+
+
+def _finished(out_dir, name) -> str:
+    s = json.loads((Path(out_dir) / name / "summary.json").read_text())
+    return (f"{name}: finished, best {100 * s['best_test_acc']:.2f}% final {100 * s['final_test_acc']:.2f}% "
+            f"in {_hms(s['total_seconds'])}")
+
+
+def print_results(rows: list[dict], out_dir, grid=()) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{out_dir}/results.md")
+    columns = [(k, h) for k, h in _columns(grid) if k not in ("model", "test_batch", "seed_params")]
+    for key, header in columns:
+        table.add_column(header, justify="left" if key in TEXT_COLUMNS or key in grid else "right")
+    for row in rows:
+        table.add_row(*(_cell(k, row[k]) for k, _ in columns))
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
