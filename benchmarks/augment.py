@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torchvision
 import torchvision.transforms as T
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from PIL import Image
 
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 from resnet_lite.data.augment import build_augment
 
 MEAN = (0.4914, 0.4821, 0.4465)  # the seed's CIFAR-10 statistics

@@ -44,8 +44,8 @@ def _sha256(path: Path) -> str:
 
 def check_weights(path: Path) -> dict:
     """The file's own metadata, after checking that its tensors load into its model exactly (strict)."""
-    from resnet_lite.outputs.weights import load_weights
     from resnet_lite.models.lite import create_model
+    from resnet_lite.outputs.weights import load_weights
 
     state_dict, meta = load_weights(path)
     model = create_model(meta["model"], num_classes=meta["num_classes"], in_chans=meta.get("in_chans", 3))

@@ -35,12 +35,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
-
 from _machine import hardware  # benchmarks/ is on sys.path when a script runs
-from resnet_lite.models.lite import create_model
-from resnet_lite.models.tools import count_macs
+
 from resnet_lite.data.augment import build_augment
 from resnet_lite.data.images import build_normalize
+from resnet_lite.models.lite import create_model
+from resnet_lite.models.tools import count_macs
 from resnet_lite.outputs.files import write_json
 from resnet_lite.training.optim import OptimConfig, build_optimizer
 

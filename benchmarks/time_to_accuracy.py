@@ -40,13 +40,13 @@ import time
 from pathlib import Path
 
 import torch
-
 from _machine import hardware  # benchmarks/ is on sys.path when a script runs
+
 from resnet_lite.config import resolve_config
 from resnet_lite.data.sources import load_data
 from resnet_lite.outputs.files import read_metrics, write_json
-from resnet_lite.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted
 from resnet_lite.train import train
+from resnet_lite.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted
 
 TARGETS = (0.9147, 0.94)  # the seed's model 5 (best epoch of 70), and airbench94's bar
 QUICK = ["data.spec=synthetic", "data.synthetic_train=1024", "data.synthetic_test=256", "data.image_size=16",

@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
 from _machine import hardware  # benchmarks/ is on sys.path when a script runs
-from resnet_lite.models.lite import create_model
-from resnet_lite.data.augment import build_augment
+
 from resnet_lite.config import resolve_config
+from resnet_lite.data.augment import build_augment
 from resnet_lite.data.sources import DataConfig, load_data
+from resnet_lite.models.lite import create_model
 from resnet_lite.train import train
 
 

@@ -22,13 +22,13 @@ import yaml
 
 from .data.augment import AugmentConfig
 from .data.sources import DataConfig
-from .training.ema import EMAConfig
-from .training.distributed import DDPConfig
 from .errors import UserError, did_you_mean
-from .outputs.tracking import WANDB_MODES, WandbConfig
-from .training.optim import OptimConfig, ScheduleConfig
-from .shipped import shipped
 from .models.tta import check_tta
+from .outputs.tracking import WANDB_MODES, WandbConfig
+from .shipped import shipped
+from .training.distributed import DDPConfig
+from .training.ema import EMAConfig
+from .training.optim import OptimConfig, ScheduleConfig
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
            "parse_override", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]

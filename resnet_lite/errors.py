@@ -12,3 +12,8 @@ def did_you_mean(word, choices, n: int = 1, cutoff: float = 0.6) -> str:
     if not close:
         return ""
     return f"did you mean '{close[0]}'?" if n == 1 else f"did you mean {', '.join(close)}?"
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most `limit` characters: what a one-line error quotes of it."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]

@@ -18,22 +18,22 @@ import dataclasses
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import torch
 
-from .data.loader import DeviceLoader
-from .data.sources import DataConfig, SPECS, load_data
-from .training.distributed import accelerator_session, resolve_mixed_precision
-from .training.engine import evaluate_loader
 from .cli import ArgumentParser, cli
+from .data.loader import DeviceLoader
+from .data.sources import SPECS, DataConfig, load_data
 from .errors import UserError
+from .models.tta import TTA, tta_level
+from .outputs.console import console as wide_console
 from .outputs.files import write_json
 from .outputs.plots import plot_confusion
 from .outputs.rundir import RUN_OR_WEIGHTS, WEIGHTS, evaluation_files
 from .outputs.runs import TrainedModel, load_run
-from .models.tta import TTA, tta_level
+from .training.distributed import accelerator_session, resolve_mixed_precision
+from .training.engine import evaluate_loader
 
 __all__ = ["evaluate", "main"]
 
@@ -59,7 +59,7 @@ def _data_config(run: TrainedModel, spec: str | None, data_dir: str | None, imag
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
-def evaluate(path, data: str | None = None, split: str = "test", weights: str = "last", tta: int | None = None,
+def evaluate(path, *, data: str | None = None, split: str = "test", weights: str = "last", tta: int | None = None,
              batch_size: int | None = None, mixed_precision: str = "auto", output=None, data_dir: str | None = None,
              image_size: int | None = None) -> dict:
     """Evaluate the model at `path` (see resnet_lite.outputs.runs.load_run) on a split of `data` (default: the run's own data).
@@ -149,10 +149,9 @@ def _report(run: TrainedModel, spec, split, tta, batch_size, result, accelerator
 
 
 def print_report(report: dict) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = wide_console()
     table = Table(title=f"{report['model']}: {report['weights']}", show_header=False)
     rows = [("data", f"{report['data']} ({report['split']}, {report['samples']} images)"),
             ("accuracy", f"{100 * report['acc']:.2f}%"), ("loss", f"{report['loss']:.4f}"),
@@ -214,8 +213,9 @@ def build_parser() -> ArgumentParser:
 @cli
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    report = evaluate(args.path, args.data, args.split, args.weights, args.tta, args.batch_size, args.mixed_precision,
-                      args.output, args.data_dir, args.image_size)
+    report = evaluate(args.path, data=args.data, split=args.split, weights=args.weights, tta=args.tta,
+                      batch_size=args.batch_size, mixed_precision=args.mixed_precision, output=args.output,
+                      data_dir=args.data_dir, image_size=args.image_size)
     if "files" in report:  # the main process
         if args.json:
             print(json.dumps(report, indent=2))

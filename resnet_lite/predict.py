@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from .cli import ArgumentParser, cli
-from .errors import UserError
 from .data.images import IMAGE_ERRORS, decode, image_extensions, list_images
+from .errors import UserError, first_line
+from .models.tta import TTA, tta_level
+from .outputs.console import console
 from .outputs.rundir import RUN_OR_WEIGHTS, WEIGHTS
 from .outputs.runs import TrainedModel, load_run
-from .models.tta import TTA, tta_level
 
 __all__ = ["find_images", "read_image", "predict", "main"]
 
@@ -60,7 +61,7 @@ def _device(name: str | None) -> torch.device:
     try:
         torch.empty(0, device=device)  # another backend that is absent (mps, xpu) says so here
     except (RuntimeError, AssertionError) as e:
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]  # torch's first sentence
+        reason = first_line(e).split(". ")[0]  # torch's first sentence
         raise UserError(f"--device {name} cannot be used here ({reason}); use --device cpu") from None
     return device
 
@@ -97,7 +98,6 @@ def predict(run: TrainedModel, paths, top_k: int = 5, batch_size: int = 64, devi
 
 
 def print_table(results: list[dict], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -106,7 +106,7 @@ def print_table(results: list[dict], title: str) -> None:
         table.add_column(f"#{i + 1}", justify="left")
     for r in results:
         table.add_row(r["file"], *(f"{t['label']} {100 * t['probability']:.1f}%" for t in r["top"]))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    console(160).print(table)
 
 
 def build_parser() -> ArgumentParser:

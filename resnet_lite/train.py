@@ -45,17 +45,18 @@ from pathlib import Path
 
 import torch
 
-from .outputs import rundir
-from .outputs.checkpoint import resumable_checkpoint
+from .cli import ArgumentParser, cli
 from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
 from .data.sources import SPECS
-from .training.distributed import accelerator_session, resolve_mixed_precision
-from .cli import ArgumentParser, cli
 from .errors import UserError
-from .outputs.tracking import wandb_mode
 from .models.lite import create_model
 from .models.tools import count_params
+from .outputs import rundir
+from .outputs.checkpoint import resumable_checkpoint
+from .outputs.console import console
+from .outputs.tracking import wandb_mode
 from .report import SEED_TABLE
+from .training.distributed import accelerator_session, resolve_mixed_precision
 from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
 from .training.trainer import Trainer
 
@@ -132,7 +133,6 @@ def build_parser() -> ArgumentParser:
 
 
 def print_presets() -> None:
-    from rich.console import Console
     from rich.table import Table
 
     seed_acc = {f"model{r['model']}": r["acc"] for r in SEED_TABLE}
@@ -148,7 +148,7 @@ def print_presets() -> None:
         table.add_row(name, cfg.model, f"{params[cfg.model]:,}", f"{cfg.batch_size}/{cfg.eval_batch_size}",
                       cfg.optim.name, f"{cfg.optim.lr:g}", str(cfg.epochs), cfg.schedule.name,
                       f"{seed_acc[name]:.2f}" if name in seed_acc else "-")
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    console().print(table)
 
 
 @cli

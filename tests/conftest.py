@@ -21,8 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from formats import (CIFAR10_CLASSES, FOLDERS, FakeCifar, write_cifar_archive, write_cifar_bin,  # noqa: F401
-                     write_cifar_py, write_imagefolder)
+from formats import (  # noqa: F401
+    CIFAR10_CLASSES,
+    FOLDERS,
+    FakeCifar,
+    write_cifar_archive,
+    write_cifar_bin,
+    write_cifar_py,
+    write_imagefolder,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

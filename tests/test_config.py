@@ -9,13 +9,21 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_run import tiny_run  # noqa: F401  (the fixture)
 
-from resnet_lite.config import (TrainConfig, from_dict, list_presets, load_yaml, parse_override, read_preset,
-                                resolve_config, to_dict)
+from resnet_lite.config import (
+    TrainConfig,
+    from_dict,
+    list_presets,
+    load_yaml,
+    parse_override,
+    read_preset,
+    resolve_config,
+    to_dict,
+)
 from resnet_lite.errors import UserError
 from resnet_lite.report import SEED_TABLE
 from resnet_lite.train import main as train_main
-from tiny_run import tiny_run  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,8 @@ import torch
 from conftest import FOLDERS, write_cifar_archive, write_cifar_bin, write_cifar_py, write_imagefolder
 from PIL import Image
 
-from resnet_lite.data import cifar, sources as data
+from resnet_lite.data import cifar
+from resnet_lite.data import sources as data
 from resnet_lite.data.loader import DeviceLoader
 from resnet_lite.data.sources import DataConfig, Split, channel_stats, load_data, load_dataset
 from resnet_lite.errors import UserError

@@ -1,8 +1,8 @@
 """evaluate: the trainer's own measurement reproduced from the files a run leaves, TTA, other data, several processes,
 and one-line errors for the wrong input. Every test uses a real run trained once per session (tiny_run.py)."""
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
-
 from conftest import write_imagefolder
-from resnet_lite.errors import UserError
+from PIL import Image
+from tiny_run import TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
+
 from resnet_lite.data.sources import DataConfig, load_data
+from resnet_lite.errors import UserError
 from resnet_lite.evaluate import evaluate, main
 from resnet_lite.outputs.runs import load_run
-from tiny_run import TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import timm
 import torch
+from tiny_run import tiny_run  # noqa: F401  (the fixture)
 
 from resnet_lite.errors import UserError
 from resnet_lite.export import export, main
-from resnet_lite.predict import predict
 from resnet_lite.outputs.runs import load_run
-from tiny_run import tiny_run  # noqa: F401  (the fixture)
+from resnet_lite.predict import predict
 
 CLASSES = [f"class{i}" for i in range(10)]
 

@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from resnet_lite.models.lite import create_model
+from resnet_lite.config import resolve_config
 from resnet_lite.data.images import build_normalize
+from resnet_lite.data.sources import DataConfig, load_data
+from resnet_lite.models.lite import create_model
+from resnet_lite.models.tta import TTA
 from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.outputs.weights import load_weights
-from resnet_lite.config import resolve_config
-from resnet_lite.data.sources import DataConfig, load_data
-from resnet_lite.training.ema import EMAConfig, build_ema, ema_decay, update_ema
-from resnet_lite.models.tta import TTA
 from resnet_lite.train import main, train
+from resnet_lite.training.ema import EMAConfig, build_ema, ema_decay, update_ema
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import time_to_accuracy  # noqa: E402

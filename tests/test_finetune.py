@@ -16,20 +16,20 @@ from formats import write_imagefolder
 from PIL import Image
 from test_models import SEED_ARCH, SeedNet
 
-from resnet_lite.models.lite import create_model
-from resnet_lite.outputs.checkpoint import list_checkpoints, load_checkpoint
-from resnet_lite.outputs.weights import load_weights
 from resnet_lite.config import resolve_config
-from resnet_lite.training.distributed import accelerator_session
+from resnet_lite.data.sources import load_dataset
 from resnet_lite.errors import UserError
 from resnet_lite.export import export_timm
-from resnet_lite.data.sources import load_dataset
-from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
-from resnet_lite.predict import read_image
+from resnet_lite.models.lite import create_model
 from resnet_lite.models.pretrained import initial_model
-from resnet_lite.outputs.runs import load_run
-from resnet_lite.train import main, train
+from resnet_lite.outputs.checkpoint import list_checkpoints, load_checkpoint
 from resnet_lite.outputs.rundir import claimed
+from resnet_lite.outputs.runs import load_run
+from resnet_lite.outputs.weights import load_weights
+from resnet_lite.predict import read_image
+from resnet_lite.train import main, train
+from resnet_lite.training.distributed import accelerator_session
+from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
 from resnet_lite.training.trainer import Trainer
 
 FIVE = ("ant", "bee", "cow", "dog", "eel")

@@ -10,11 +10,11 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from tiny_run import TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
 
 from resnet_lite.data.sources import DataConfig, load_data
-from resnet_lite.predict import find_images, main, predict, read_image
 from resnet_lite.outputs.runs import load_run
-from tiny_run import TEST_IMAGES, tiny_run  # noqa: F401  (the fixture)
+from resnet_lite.predict import find_images, main, predict, read_image
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_cifar_bin, write_imagefolder
+
 from resnet_lite.data import cifar
 from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.outputs.weights import load_weights
-from resnet_lite.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 from resnet_lite.train import main
+from resnet_lite.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED
 
 BIN = Path(sys.executable).parent
 # dropout (torch's RNG), EMA, a held-out split (best by val), every-3-step checkpoints: all of it must resume exactly

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from resnet_lite.outputs.checkpoint import list_checkpoints
-from resnet_lite.training.optim import ScheduleConfig, lr_factor
 from resnet_lite.train import main
+from resnet_lite.training.optim import ScheduleConfig, lr_factor
 
 TINY = ["--data", "synthetic", "--batch-size", "64", "--lr", "0.005", "data.synthetic_train=128",
         "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64"]

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from slurm import free_port
 
 from resnet_lite.outputs.weights import load_weights
-from slurm import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

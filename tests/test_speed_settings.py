@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.config import resolve_config
+from resnet_lite.outputs.checkpoint import list_checkpoints
+from resnet_lite.outputs.rundir import claimed
+from resnet_lite.train import train
 from resnet_lite.training.distributed import accelerator_session
 from resnet_lite.training.signals import Preempted, StopFlag
-from resnet_lite.train import train
-from resnet_lite.outputs.rundir import claimed
 from resnet_lite.training.trainer import Trainer
 
 BIN = Path(sys.executable).parent

@@ -14,20 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from PIL import Image
 from formats import read_wandb_records, wandb_items
+from PIL import Image
 
-from resnet_lite.models.lite import create_model
-from resnet_lite.data.images import build_normalize
-from resnet_lite.outputs.checkpoint import list_checkpoints
-from resnet_lite.outputs.weights import load_weights
 from resnet_lite.config import TrainConfig, from_dict, resolve_config
+from resnet_lite.data.images import build_normalize
 from resnet_lite.data.sources import DataConfig, load_data
-from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
-from resnet_lite.outputs import tracking as loggers
+from resnet_lite.models.lite import create_model
+from resnet_lite.outputs import console
+from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.outputs.tracking import wandb_mode
-from resnet_lite.training.distributed import resolve_mixed_precision
+from resnet_lite.outputs.weights import load_weights
 from resnet_lite.train import main, train
+from resnet_lite.training.distributed import resolve_mixed_precision
+from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
 
 BIN = Path(sys.executable).parent
 TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",
@@ -263,12 +263,12 @@ def test_mixed_precision_auto_on_cpu(monkeypatch, launcher, expected):
 
 
 def test_plain_progress_lines_for_log_files(monkeypatch, capsys):
-    monkeypatch.setattr(loggers, "PLAIN_EVERY", 0.0)
-    monkeypatch.setattr(loggers, "REFRESH_EVERY", 0.0)
+    monkeypatch.setattr(console, "PLAIN_EVERY", 0.0)
+    monkeypatch.setattr(console, "REFRESH_EVERY", 0.0)
     row = {"epoch": 1, "train_loss": 1.5, "test_loss": 1.25, "test_acc": 0.5, "lr": 0.01, "epoch_seconds": 2.0,
            "images_per_second": 100.0}
     for enabled in (False, True):
-        progress = loggers.Progress(enabled, epochs=3, steps_per_epoch=2, interactive=False)
+        progress = console.Progress(enabled, epochs=3, steps_per_epoch=2, interactive=False)
         progress.start_epoch(1)
         progress.update(64, lambda: 2.0, 0.01)
         progress.update(64, lambda: 1.5, 0.01)

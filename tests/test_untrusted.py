@@ -22,15 +22,15 @@ from PIL import Image
 from safetensors.torch import save_file
 from test_models import SEED_ARCH, SeedNet
 
-from resnet_lite.models.lite import create_model
-from resnet_lite.outputs.weights import save_weights
+from resnet_lite.data.images import decode
 from resnet_lite.data.sources import load_dataset
 from resnet_lite.errors import UserError
 from resnet_lite.export import export_timm
-from resnet_lite.data.images import decode
-from resnet_lite.predict import predict
-from resnet_lite.models.pretrained import initial_model, read_state_dict
+from resnet_lite.models.lite import create_model
+from resnet_lite.models.pretrained import initial_model
 from resnet_lite.outputs.runs import load_run
+from resnet_lite.outputs.weights import read_state_dict, save_weights
+from resnet_lite.predict import predict
 
 
 class Payload:

@@ -18,14 +18,14 @@ import pytest
 import torch
 from formats import read_wandb_records, wandb_items
 
-from resnet_lite.models.lite import create_model
-from resnet_lite.data.images import build_normalize
-from resnet_lite.outputs.weights import load_weights
 from resnet_lite.config import resolve_config
+from resnet_lite.data.images import build_normalize
 from resnet_lite.data.sources import DataConfig, load_data
-from resnet_lite.outputs.tracking import WandbConfig, wandb_settings
-from resnet_lite.training.optim import ScheduleConfig, lr_factor
+from resnet_lite.models.lite import create_model
 from resnet_lite.models.tta import TTA
+from resnet_lite.outputs.tracking import WandbConfig, wandb_settings
+from resnet_lite.outputs.weights import load_weights
+from resnet_lite.training.optim import ScheduleConfig, lr_factor
 
 STEPS_PER_EPOCH, EPOCHS, EVERY, LR = 4, 2, 3, 0.005
 RUN = ["--data", "synthetic", "--epochs", str(EPOCHS), "--batch-size", "32", "--lr", str(LR), "--wandb", "offline",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from resnet_lite.errors import UserError, did_you_mean
+
 from .images import _check_batch, _on_device, _scale_shift
 
 _PAD_MODES = ("zero", "reflect")

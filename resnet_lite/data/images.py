@@ -8,8 +8,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 import torch
+from PIL import Image, UnidentifiedImageError
 
 __all__ = ["IMAGE_ERRORS", "image_extensions", "list_images", "decode"]
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import cifar
 from ..errors import UserError
 from ..outputs.files import atomic_write
+from . import cifar
 from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 
 SPECS = "cifar10 | cifar100 | imagefolder:PATH | synthetic"

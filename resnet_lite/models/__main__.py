@@ -1,12 +1,11 @@
 """`python -m resnet_lite.models`: the registered variants at a glance."""
-import sys
 
-from rich.console import Console
 from rich.table import Table
 
+from ..outputs.console import console
+from ..report import SEED_TABLE
 from .lite import create_model, list_models
 from .tools import count_macs, count_params
-from ..report import SEED_TABLE
 
 
 def main():
@@ -22,7 +21,7 @@ def main():
             f"{count_params(model):,}", f"{count_macs(model) / 1e6:,.1f}M",
             ",".join(str(r["model"]) for r in rows), f"{max(r['acc'] for r in rows):.2f}" if rows else "-")
     # a pipe gets rich's 80 columns, which would fold the table; give it room
-    Console(width=None if sys.stdout.isatty() else 120).print(table)
+    console().print(table)
 
 
 if __name__ == "__main__":

@@ -20,10 +20,9 @@ import torch.nn as nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean, first_line
 
-__all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "count_macs", "count_params", "SEED_TABLE",
-           "published_weights", "WEIGHTS_DIR"]
+__all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "published_weights", "WEIGHTS_DIR"]
 
 # Computed on the CIFAR-10 training set (the seed notebook prints 0.49139968, 0.48215841, 0.44653091 / ...).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -285,7 +284,7 @@ def create_model(name, pretrained=False, **kwargs):
         except UserError:
             raise
         except Exception as e:  # no network, no such repository or folder, a config.json timm cannot read
-            reason = (str(e).strip().splitlines() or [""])[0][:200]
+            reason = first_line(e)
             raise UserError(f"cannot create model {name} ({type(e).__name__}: {reason}); check the name, the "
                             f"folder or the network") from None
     if not timm.is_model(name):

@@ -4,33 +4,26 @@
     model, origin = initial_model("lite_r4b2", 10, pretrained=True, pretrained_path="w.safetensors")  # timm loads a file
     model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # a run's weights: its model_last
 
-Files are read here as timm's load_state_dict reads them (safetensors or torch files; a `state_dict`/`model` entry of
-a checkpoint, its EMA first; DDP/torch.compile prefixes removed), so a seed-notebook best_model.pth, a timm or
-resnet_lite checkpoint and a plain state_dict all load. Torch files are read with weights_only=True whatever timm's
-default (it differs between the versions we support), so a pickle that would run code is refused, not run; timm is
-handed the tensors, never the file. When only the classifier (timm's get_classifier) differs, as with another
+Files are read by resnet_lite.outputs.weights.read_state_dict (as timm's load_state_dict reads them, but torch files
+always with weights_only=True), so a seed-notebook best_model.pth, a timm or resnet_lite checkpoint and a plain
+state_dict all load, and a pickle that would run code is refused, not run; timm is handed the tensors, never the
+file. When only the classifier (timm's get_classifier) differs, as with another
 number of classes, the model keeps a new one (reset_classifier); any other difference is a UserError naming the
 first key that differs. `origin` says where the weights came from, for the run's summary.
 """
-import argparse
 import hashlib
-import re
 from pathlib import Path
 
-import safetensors.torch
 import timm
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
+from ..outputs.rundir import weights_file
+from ..outputs.weights import read_state_dict
 from .lite import create_model
 from .tools import classifier_prefixes
-from ..outputs.rundir import weights_file
 
-__all__ = ["initial_model", "resolve_weights_file", "read_state_dict", "fit_state_dict", "pretrained_source"]
-
-_ENTRIES = ("state_dict_ema", "model_ema", "state_dict", "model")  # timm's load_state_dict order: the EMA first
-_WRAPPERS = ("_orig_mod.", "module.", "_orig_mod.")  # timm's clean_state_dict: torch.compile and DDP, in either order
-
+__all__ = ["initial_model", "resolve_weights_file", "fit_state_dict", "pretrained_source"]
 
 def resolve_weights_file(path) -> Path:
     """The file `path` names: itself, a run directory's weights (model_last) or an exported folder's."""
@@ -38,42 +31,6 @@ def resolve_weights_file(path) -> Path:
     if not path.exists():
         raise UserError(f"initial weights {path} do not exist; give a .safetensors or .pth file or a run directory")
     return weights_file(path)
-
-
-def read_state_dict(path: Path) -> dict:
-    """The tensors of a weights file, unwrapped as timm's load_state_dict does; a UserError when it cannot be read as
-    one, or when it is a pickle that asks for more than tensors and plain data."""
-    try:
-        if str(path).endswith(".safetensors"):
-            checkpoint = safetensors.torch.load_file(str(path), device="cpu")
-        else:
-            checkpoint = _torch_load(path)
-    except Exception as e:  # not a weights file, truncated, pickled objects weights_only refuses
-        refused = re.search(r"(?:GLOBAL|class) ([\w.]+)", str(e)) if "Weights only load failed" in str(e) else None
-        if refused:
-            raise UserError(f"{path} is not plain weights: it asks to load {refused[1]}, which could run code; give a "
-                            f".safetensors or .pth state_dict") from None
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
-        raise UserError(f"cannot read weights from {path} ({type(e).__name__}: {reason}); give a .safetensors or "
-                        f".pth state_dict") from None
-    if isinstance(checkpoint, dict):
-        key = next((k for k in _ENTRIES if checkpoint.get(k) is not None), None)
-        checkpoint = checkpoint[key] if key else checkpoint
-    if not isinstance(checkpoint, dict) or not all(torch.is_tensor(v) for v in checkpoint.values()):
-        raise UserError(f"{path} holds no state_dict of tensors; give a .safetensors or .pth state_dict")
-    state_dict = {}
-    for key, tensor in checkpoint.items():
-        for prefix in _WRAPPERS:
-            key = key.removeprefix(prefix)
-        state_dict[key] = tensor
-    return state_dict
-
-
-def _torch_load(path: Path):
-    if hasattr(torch.serialization, "safe_globals"):  # torch 2.5+; timm's training checkpoints keep their args in one
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def fit_state_dict(model: torch.nn.Module, state_dict: dict, source, name: str) -> int | None:
@@ -161,7 +118,7 @@ def initial_model(name: str, num_classes: int, pretrained: bool = False, pretrai
     except UserError:
         raise
     except Exception as e:  # no network, no such hub repository, weights of another architecture
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = first_line(e)
         raise UserError(f"cannot load the pretrained weights of {name} from {source} ({type(e).__name__}: {reason}); "
                         f"check the network or the name, or give pretrained_path=FILE") from None
     if pretrained_path:

@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from .files import atomic_write
+from ..errors import UserError, first_line
 from ..hooks import crash_point
-from .rundir import CHECKPOINTS
 from ..training.state import REQUIRED
+from .files import atomic_write
+from .rundir import CHECKPOINTS
 
-__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint", "resumable_checkpoint",
-           "save_weights", "load_weights"]
+__all__ = ["save_checkpoint", "load_checkpoint", "list_checkpoints", "find_checkpoint", "resumable_checkpoint"]
 
 _NAME = re.compile(r"^step-(\d+)\.pt$")
 
@@ -82,7 +81,7 @@ def load_checkpoint(path) -> dict:
     except FileNotFoundError:
         raise UserError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # truncated, or not a checkpoint
-        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        reason = first_line(e)
         raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {reason}); "
                         f"resume from an earlier one in {Path(path).parent}") from None
     missing = [k for k in REQUIRED if k not in state] if isinstance(state, dict) else list(REQUIRED)

@@ -45,7 +45,8 @@ class Progress:
         self.run_steps, self.run_start = 0, None  # steps this process trained, and since when
         if enabled and self.interactive:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as Bar
 
             self.console = Console()
             try:
@@ -148,7 +149,6 @@ class Progress:
 
 def print_final(summary: dict, classes: list[str]) -> None:
     """The final table: accuracies, time, and accuracy per class."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{summary['model']}: {summary['epochs']} epochs, {summary['run_dir']}")
@@ -164,6 +164,6 @@ def print_final(summary: dict, classes: list[str]) -> None:
     rows += [(f"  {name}", f"{100 * summary['per_class_acc'][name]:.2f}%") for name in classes[:20]]
     for row in rows:
         table.add_row(*row)
-    Console(width=None if sys.stdout.isatty() else 100).print(table)
+    console(100).print(table)
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import timm
 import torch
 
-from ..data.images import build_normalize
-from .weights import load_weights
 from ..config import TrainConfig, from_dict, read_yaml
-from ..errors import UserError
+from ..data.images import build_normalize
+from ..errors import UserError, first_line
 from ..models.lite import create_model
 from .rundir import CONFIG, RUN_OR_WEIGHTS, SUMMARY, weights_file
+from .weights import load_weights
 
 __all__ = ["TrainedModel", "load_run"]
 
@@ -108,7 +108,7 @@ def load_run(path, which: str = "last") -> TrainedModel:
     try:
         model.load_state_dict(state_dict)
     except RuntimeError as e:
-        raise UserError(f"{weights} does not fit {meta['model']} ({str(e).splitlines()[0]}); "
+        raise UserError(f"{weights} does not fit {meta['model']} ({first_line(e)}); "
                         f"the file's metadata and tensors disagree") from None
     model.eval()
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from ..errors import UserError
+from ..training.distributed import DeferredReduce
 
-__all__ = ["WandbConfig", "WANDB_MODES", "Progress", "StepLog", "fmt_time", "wandb_mode", "wandb_settings",
-           "define_wandb_metrics", "log_wandb_final", "log_wandb_model", "print_final"]
+__all__ = ["WandbConfig", "WANDB_MODES", "StepLog", "wandb_mode", "wandb_settings", "define_wandb_metrics", "log_wandb_final", "log_wandb_model"]
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # the W&B settings left null take these environment variables (wandb's own), then the default after them
@@ -103,7 +103,7 @@ class StepLog:
 
     def __init__(self, log, every: int, world_size: int = 1):
         self.log, self.every, self.world_size = log, every, world_size
-        self.pending = None  # (step, lr, [loss sum, images] of the row: on the host once work and event are done)
+        self.pending = None  # (step, lr, the DeferredReduce of the row's [loss sum, images])
         self.mark = None  # (loss_sum, images) at the previous row, on the device
 
     def __call__(self, step: int, loss_sum, seen: int, lr: float) -> None:
@@ -117,28 +117,14 @@ class StepLog:
         # new_full is a fill kernel; new_tensor would copy from the host and wait for the stream (a device sync)
         window = torch.stack([loss_sum.detach() - self.mark[0], loss_sum.new_full((), float(seen - self.mark[1]))])
         self.mark = (loss_sum.detach().clone(), seen)
-        work = event = None
-        if self.world_size > 1:
-            work = torch.distributed.all_reduce(window, async_op=True)  # the same call on every process, in order
-        if window.is_cuda:
-            if work is not None:
-                work.wait()  # NCCL: the stream waits for the reduction, the host does not
-                work = None
-            window = window.to("cpu", non_blocking=True)  # into pinned memory, as StopCheck's numbers
-            event = torch.cuda.Event()
-            event.record()
-        self.pending = (step, lr, window, work, event)
+        self.pending = (step, lr, DeferredReduce(window, self.world_size))  # the same call on every process, in order
 
     def flush(self) -> None:
         if self.pending is None:
             return
-        step, lr, window, work, event = self.pending
+        step, lr, window = self.pending
         self.pending = None
-        if work is not None:
-            work.wait()
-        if event is not None:
-            event.synchronize()
-        loss_sum, images = window.tolist()
+        loss_sum, images = window.read()
         self.log({"train/loss": loss_sum / max(images, 1.0), "train/lr": lr}, step=step)
 
     def start_epoch(self) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from ..cli import ArgumentParser, cli
 from ..config import list_presets, resolve_config
 from ..data.sources import SPECS
-from ..cli import ArgumentParser, cli
 from ..errors import UserError
 from ..training.signals import EXIT_PREEMPTED
 from .local import parse_launcher, run_sweep

@@ -9,7 +9,6 @@ import time
 from collections import deque
 from pathlib import Path
 
-
 from ..errors import UserError
 from ..training.signals import EXIT_PREEMPTED
 from .plan import _as_run
@@ -74,7 +73,8 @@ def run_sweep(presets, out_dir, train_args: list[str], gpus=(), launcher: str | 
         else:
             pending.append(run)
     if kind == "slurm":
-        return run_on_slurm(runs, list(pending), out_dir, train_args, prefix, settings, grid, wait, echo)
+        return run_on_slurm(runs, list(pending), out_dir, train_args, prefix, settings=settings, grid=grid, wait=wait,
+                            echo=echo)
     running, failed = {}, {}
     try:
         while pending or running:

@@ -3,11 +3,10 @@ import itertools
 import re
 from dataclasses import dataclass
 
-
 from ..errors import UserError
 from ..report import SEED_TABLE
 
-__all__ = ["PlannedRun", "plan_runs", "run_sweep", "collect", "write_results", "main"]
+__all__ = ["PlannedRun", "plan_runs", "SEED_PRESETS"]
 
 SEED_PRESETS = [f"model{r['model']}" for r in SEED_TABLE]  # the default study: the seed's Table 1
 @dataclass(frozen=True)

@@ -2,17 +2,16 @@
 import csv
 import io
 import json
-import sys
 from pathlib import Path
 
-
 from ..config import read_yaml
+from ..outputs.console import console, fmt_time
 from ..outputs.files import read_metrics, write_text
-from ..report import SEED_TABLE
 from ..outputs.plots import plot_results
+from ..report import SEED_TABLE
 from .plan import _as_run
 
-__all__ = ["PlannedRun", "plan_runs", "run_sweep", "collect", "write_results", "main"]
+__all__ = ["collect", "write_results", "print_results"]
 
 COLUMNS = [  # (csv name, markdown header): the seed's Table 1, then what this sweep measured
     ("preset", "preset"), ("model", "seed model"), ("train_batch", "train batch"), ("test_batch", "test batch"),
@@ -64,16 +63,9 @@ def collect(out_dir, runs, failed: dict | None = None) -> list[dict]:
     return rows
 
 
-def _hms(seconds) -> str:
-    if seconds == "":
-        return ""
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
 def _cell(key, value) -> str:
     if key == "seconds":
-        return _hms(value)
+        return "" if value == "" else fmt_time(value)
     if key in ("seed_params", "params") and value != "":
         return f"{value:,}"
     if key in ("best_acc", "final_acc") and value != "":
@@ -110,11 +102,10 @@ def write_results(out_dir, rows: list[dict], settings: str, grid=()) -> None:
 def _finished(out_dir, name) -> str:
     s = json.loads((Path(out_dir) / name / "summary.json").read_text())
     return (f"{name}: finished, best {100 * s['best_test_acc']:.2f}% final {100 * s['final_test_acc']:.2f}% "
-            f"in {_hms(s['total_seconds'])}")
+            f"in {fmt_time(s['total_seconds'])}")
 
 
 def print_results(rows: list[dict], out_dir, grid=()) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{out_dir}/results.md")
@@ -123,4 +114,4 @@ def print_results(rows: list[dict], out_dir, grid=()) -> None:
         table.add_column(header, justify="left" if key in TEXT_COLUMNS or key in grid else "right")
     for row in rows:
         table.add_row(*(_cell(k, row[k]) for k, _ in columns))
-    Console(width=None if sys.stdout.isatty() else 160).print(table)
+    console(160).print(table)

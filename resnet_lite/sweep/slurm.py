@@ -8,13 +8,12 @@ import time
 import uuid
 from pathlib import Path
 
-
 from ..errors import UserError
 from ..outputs.files import write_text
 from .plan import PlannedRun
 from .results import _finished, collect, write_results
 
-__all__ = ["PlannedRun", "plan_runs", "run_sweep", "collect", "write_results", "main"]
+__all__ = ["run_on_slurm"]
 
 SLURM_POLL = (2, 10)  # seconds between looks at a Slurm array's queue: the first, growing to the most
 SLURM_TIMEOUT = 120  # seconds an sbatch or squeue may take to answer (a busy controller) before the sweep stops waiting
@@ -107,7 +106,7 @@ def _submit_array(runs: list[PlannedRun], out_dir: Path, train_args, sbatch_args
     return job
 
 
-def run_on_slurm(runs, pending, out_dir, train_args, sbatch_args, settings, grid, wait, echo) -> list[dict]:
+def run_on_slurm(runs, pending, out_dir, train_args, sbatch_args, *, settings, grid, wait, echo) -> list[dict]:
     previous = json.loads((out_dir / "slurm.json").read_text()) if (out_dir / "slurm.json").is_file() else None
     if previous and "submitting" in previous:  # an sbatch that did not answer, or a sweep killed while it waited
         job = _find_array(previous["submitting"])

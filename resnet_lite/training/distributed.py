@@ -3,6 +3,7 @@
     with accelerator_session(mixed_precision=resolve_mixed_precision("auto"), kwargs_handlers=[DDPConfig().kwargs_handler()]):
         ...
         average_bn_stats(model, accelerator)       # before evaluating or saving a model trained on several processes
+    pending = DeferredReduce(numbers, world_size)  # a step later: pending.read(), summed over processes
 """
 import contextlib
 import dataclasses
@@ -16,7 +17,7 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from ..errors import UserError
 
-__all__ = ["DDPConfig", "resolve_mixed_precision", "accelerator_session", "average_bn_stats"]
+__all__ = ["DDPConfig", "resolve_mixed_precision", "accelerator_session", "average_bn_stats", "DeferredReduce"]
 
 
 @dataclass
@@ -76,3 +77,30 @@ def average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
             m.running_mean.copy_(accelerator.reduce(m.running_mean, "mean"))
             m.running_var.copy_(accelerator.reduce(m.running_var, "mean"))
+
+
+class DeferredReduce:
+    """A few numbers on the device, all-reduced over `world_size` processes (`op`) and copied to the host without the
+    host waiting for either: read() waits, typically a step later, when both are long done. Every process must create
+    one at the same point (the all-reduce is collective). StopCheck and StepLog read their numbers this way."""
+
+    def __init__(self, values: torch.Tensor, world_size: int, op=None):
+        import torch.distributed as dist
+
+        work = dist.all_reduce(values, op=op or dist.ReduceOp.SUM, async_op=True) if world_size > 1 else None
+        event = None
+        if values.is_cuda:
+            if work is not None:
+                work.wait()  # NCCL: the stream waits for the reduction, the host does not
+                work = None
+            values = values.to("cpu", non_blocking=True)  # into pinned memory, behind the kernels already queued
+            event = torch.cuda.Event()
+            event.record()
+        self.values, self.work, self.event = values, work, event
+
+    def read(self) -> list[float]:
+        if self.work is not None:
+            self.work.wait()
+        if self.event is not None:
+            self.event.synchronize()
+        return self.values.tolist()

@@ -3,8 +3,8 @@ evaluation pass over a split. The Trainer (resnet_lite.training.trainer) drives 
 
     with accelerator_session(mixed_precision="bf16") as accelerator:
         ...
-        epoch = train_one_epoch(loop, state, epoch_index, loader, progress, check, save=..., stop=...)
-        metrics = evaluate_loader(model, test_loader, normalize, num_classes, accelerator)
+        done = train_one_epoch(loop, state, epoch_index, loader, progress, check, save=...)   # done.outcome: finished,
+        metrics = evaluate_loader(model, test_loader, normalize, num_classes, accelerator)   # stopped or diverged
 """
 import hashlib
 import itertools
@@ -12,17 +12,17 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 
 from ..data.loader import DeviceLoader
-from .ema import EMAConfig, update_ema
+from .signals import Stop
 from .state import TrainState
 
-__all__ = ["DDPConfig", "resolve_mixed_precision", "accelerator_session", "step_seed", "average_bn_stats", "Loop", "EpochResult",
-           "train_one_epoch", "evaluate_loader"]
+__all__ = ["step_seed", "Loop", "EpochResult", "FINISHED", "STOPPED", "DIVERGED", "train_one_epoch", "evaluate_loader"]
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -57,7 +57,7 @@ def evaluate_loader(model, loader: DeviceLoader, normalize, num_classes: int, ac
             "per_class": (confusion.diag().double() / confusion.sum(1).clamp_min(1)).tolist(), "confusion": confusion.cpu()}
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Loop:
     """What every optimizer step of a run uses; built once by the Trainer."""
     accelerator: Accelerator
@@ -73,28 +73,35 @@ class Loop:
     channels_last: bool = False
     checkpoint_every_steps: int = 0
     stop_check_every: int = 1  # steps between stop checks (checkpoints and an epoch's last step always check)
-    ema: object | None = None  # timm ModelEmaV3, or None
-    ema_cfg: EMAConfig | None = None
-    total_steps: int = 0  # optimizer steps of the whole run: the EMA's decay ramp (ema.ramp_power) needs it
+    ema_update: Callable | None = None  # (step) after each optimizer step: the weight average's update, or None
+    step_log: Callable | None = None  # (step, loss_sum on the device, images, lr) after each step: tracking.StepLog
     after_step: Callable | None = None  # a test hook (resnet_lite.hooks.step_hook), None in real runs
-    step_log: Callable | None = None  # (step, loss_sum on the device, images, lr) after each step: loggers.StepLog
+
+
+FINISHED, STOPPED, DIVERGED = "finished", "stopped", "diverged"
 
 
 @dataclass
 class EpochResult:
-    train_loss: float  # mean train loss of the epoch over all processes
+    outcome: str  # FINISHED; STOPPED (a stop signal: save, then end the run); DIVERGED (end it without saving)
+    batch: int  # optimizer steps done in the epoch (those before a resume included)
     loss_sum: torch.Tensor  # this process's summed train loss over the epoch, on the device
     images: int  # this process's images in the epoch (those before a resume included)
     lr: float  # the learning rate of the epoch's last step
-    images_per_second: float  # all processes' images trained in this call, per second of this call
+    stop: Stop | None = None  # what asked for STOPPED or DIVERGED: the same on every process
+    checkpointed: bool = False  # STOPPED at a step whose checkpoint was due anyway: it is written (the same everywhere)
+    saved: Path | None = None  # that checkpoint's path, on the main process
+    train_loss: float | None = None  # FINISHED: mean train loss of the epoch over all processes
+    images_per_second: float | None = None  # FINISHED: all processes' images trained in this call, per second
 
 
 def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoader, progress, check,
-                    save: Callable, stop: Callable) -> EpochResult:
+                    save: Callable) -> EpochResult:
     """Epoch `epoch` (0-based) from batch `state.batch` on: per batch reseed, augment, micro-batches, optimizer and
-    scheduler step, EMA, the stop check; `save(batch, loss_sum, images) -> path` writes a checkpoint every
-    loop.checkpoint_every_steps steps and when stopped; `stop(stop, saved)` ends the run (raises). Advances
-    state.step. A signal in the epoch's last step is answered by the caller, after its evaluation."""
+    scheduler step, EMA, the stop check; `save(batch, loss_sum, images) -> path` writes the checkpoints due every
+    loop.checkpoint_every_steps steps. Advances state.step. Returns when the epoch ends or a check asks to stop (the
+    same step on every process): the caller saves, or not, and ends the run. A signal in the epoch's last step is
+    reported as FINISHED: the caller answers it after the epoch's evaluation."""
     accelerator = loop.accelerator
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     loader.set_epoch(epoch)
@@ -125,7 +132,8 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
         loop.scheduler.step()
         loop.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        update_ema(loop.ema, loop.model, loop.ema_cfg, state.step, loop.total_steps)
+        if loop.ema_update:
+            loop.ema_update(state.step)
         seen += n
         trained += n * world
         progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
@@ -140,12 +148,12 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
         if due or last or state.step % loop.stop_check_every == 0:
             asked = check(state.step, lr, loss_sum, loop.model, wait=due or last)
         if asked and asked.diverged:
-            stop(asked, None)
-        if due or (asked and not last):
-            saved = save(batch + 1, loss_sum, seen)
-            if asked:
-                stop(asked, saved)
+            return EpochResult(DIVERGED, batch + 1, loss_sum, seen, lr, stop=asked)
+        saved = save(batch + 1, loss_sum, seen) if due else None
+        if asked and not last:
+            return EpochResult(STOPPED, batch + 1, loss_sum, seen, lr, stop=asked, checkpointed=due, saved=saved)
     totals = accelerator.reduce(torch.stack([loss_sum, torch.tensor(float(seen), device=device)]))
     train_loss = (totals[0] / totals[1]).item()  # waits for the epoch's last step: the time below is the device's
     seconds = time.perf_counter() - t_start
-    return EpochResult(train_loss, loss_sum, seen, lr, trained / max(seconds, 1e-9))
+    return EpochResult(FINISHED, steps, loss_sum, seen, lr, train_loss=train_loss,
+                       images_per_second=trained / max(seconds, 1e-9))

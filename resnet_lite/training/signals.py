@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .distributed import DeferredReduce
+
 __all__ = ["EXIT_PREEMPTED", "EXIT_NONFINITE", "STOP_SIGNALS", "StopFlag", "Stop", "StopCheck", "Preempted",
            "NonFiniteLoss", "stop_signals"]
 
@@ -105,27 +107,14 @@ class StopCheck:
         flags[1] = torch.isnan(loss_sum) * 2 + torch.isinf(loss_sum)
         if model is not None:
             flags[2] = ~torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all()
-        work = dist.all_reduce(flags, op=dist.ReduceOp.MAX, async_op=True) if self.world_size > 1 else None
-        event = None
-        if flags.is_cuda:
-            if work is not None:
-                work.wait()  # NCCL: the stream waits for the reduction, the host does not
-                work = None
-            flags = flags.to("cpu", non_blocking=True)  # into pinned memory, behind this step's kernels
-            event = torch.cuda.Event()
-            event.record()
-        self.pending = (step, lr, flags, work, event)
+        self.pending = (step, lr, DeferredReduce(flags, self.world_size, dist.ReduceOp.MAX))
 
     def _read(self) -> Stop | None:
         if self.pending is None:
             return None
-        step, lr, flags, work, event = self.pending
+        step, lr, flags = self.pending
         self.pending = None
-        if work is not None:
-            work.wait()
-        if event is not None:
-            event.synchronize()
-        signum, bad_loss, bad_weights = (int(v) for v in flags.tolist())
+        signum, bad_loss, bad_weights = (int(v) for v in flags.read())
         return Stop(step, lr, signum, bad_loss, bool(bad_weights)) if signum or bad_loss or bad_weights else None
 
     def __call__(self, step: int, lr: float, loss_sum: torch.Tensor, model=None, wait: bool = False) -> Stop | None:
