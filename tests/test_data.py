@@ -12,6 +12,7 @@ from conftest import FOLDERS, write_cifar_archive, write_cifar_bin, write_cifar_
 from PIL import Image
 
 from resnet_lite.data import cifar
+from resnet_lite.data import loader as loading
 from resnet_lite.data import sources as data
 from resnet_lite.data.loader import DeviceLoader
 from resnet_lite.data.sources import DataConfig, Split, channel_stats, load_data, load_dataset
@@ -373,7 +374,7 @@ def test_train_shards_disjoint_equal_steps_same_permutation(world_size, n, batch
         assert [loader.num_samples for loader in loaders] == [sum(map(len, batches[0]))] * world_size
         # the ranks' parts of global batch k, side by side, are a slice of one permutation of range(n)
         order = [i for k in range(steps) for r in range(world_size) for i in batches[r][k]]
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(data._epoch_seed(3, epoch))).tolist()
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(loading._epoch_seed(3, epoch))).tolist()
         full = [perm[k * batch_size : (k + 1) * batch_size][: len(batches[0][k]) * world_size] for k in range(steps)]
         assert order == [i for part in full for i in part]
         assert n - len(seen) == (n % batch_size if drop_last else n % batch_size % world_size)

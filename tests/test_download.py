@@ -24,8 +24,7 @@ ARCHIVE = "cifar-10-binary.tar.gz"  # the official name: the leftovers of a kill
 # One process of a trainer's start: CIFAR-10 from `url`, once the test says go (so that all start at the same moment).
 LOAD = """
 import dataclasses, pathlib, sys, time
-from resnet_lite import cifar
-from resnet_lite.data import load_dataset
+from resnet_lite.data import cifar, load_dataset
 url, md5, root, ready, go = sys.argv[1:]
 cifar.SOURCES["cifar10"] = dataclasses.replace(cifar.SOURCES["cifar10"], url=url, md5=md5)
 pathlib.Path(ready).touch()

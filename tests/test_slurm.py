@@ -319,7 +319,8 @@ def test_an_sbatch_or_squeue_that_does_not_answer_never_submits_an_array_twice(s
     env["PATH"] = f"{shims}{os.pathsep}{env['PATH']}"
 
     def sweep(out, timeout=30, slow=""):
-        code = f"import sys, resnet_lite.sweep as s; s.SLURM_TIMEOUT = {timeout}; sys.exit(s.main(sys.argv[1:]))"
+        code = (f"import sys, resnet_lite.sweep.slurm as s; s.SLURM_TIMEOUT = {timeout}; "
+                "from resnet_lite.sweep.__main__ import main; sys.exit(main(sys.argv[1:]))")
         return [sys.executable, "-c", code, "model5", "optim.lr=0.01,0.003", "--output-dir", str(out), "--epochs", "1",
                 "--data", "synthetic", "--wandb", "disabled", "--launcher", "slurm --hold " + " ".join(CPU)], \
             dict(env, SHIM_SLOW=slow)

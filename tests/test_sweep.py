@@ -15,7 +15,7 @@ import time
 import pytest
 from PIL import Image
 
-from resnet_lite.sweep import main
+from resnet_lite.sweep.__main__ import main
 from resnet_lite.sweep.plan import SEED_PRESETS, plan_runs
 
 TINY = ["--epochs", "2", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.synthetic_train=256",

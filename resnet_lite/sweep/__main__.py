@@ -14,6 +14,7 @@ from ..config import list_presets, resolve_config
 from ..data.sources import SPECS
 from ..errors import UserError
 from ..training.signals import EXIT_PREEMPTED
+from . import __doc__ as SWEEP_DOC  # the package's docstring: the tool's help
 from .local import parse_launcher, run_sweep
 from .plan import SEED_PRESETS, plan_runs
 from .results import print_results
@@ -21,7 +22,7 @@ from .results import print_results
 __all__ = ["main"]
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser("python -m resnet_lite.sweep", __doc__)
+    p = ArgumentParser("python -m resnet_lite.sweep", SWEEP_DOC)
     p.add_argument("items", nargs="*", metavar="PRESET_OR_KEY=VALUE",
                    help=f"presets to run (default: {' '.join(SEED_PRESETS)}; all: {' '.join(list_presets())}) and "
                         "overrides for every run, e.g. data.image_size=16, or a list of values to sweep over, e.g. "
