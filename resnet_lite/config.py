@@ -7,6 +7,8 @@ only composes them. Precedence, lowest first:
 
     cfg = resolve_config(variant="model5", overrides=["optim.lr=0.05", "data.spec=synthetic"])
     yaml.safe_dump(to_dict(cfg))
+    settings_argv(["--optim.lr=0.05", "--ema.enabled", "--data.image_size", "16"], options={"--data"})
+    # -> ["optim.lr=0.05", "ema.enabled=true", "data.image_size=16"]: settings written as other tools write them
 
 Unknown keys and wrong types raise UserError naming the key, what it should be, and the closest known key.
 """
@@ -31,7 +33,7 @@ from .training.ema import EMAConfig
 from .training.optim import OptimConfig, ScheduleConfig
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
-           "parse_override", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
+           "parse_override", "settings_argv", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
@@ -284,7 +286,9 @@ def settings_help(width: int = 118) -> str:
 
     walk(TrainConfig, "")
     name_width = max(len(name) for name, _, _ in rows) + 2
-    lines = ["settings (KEY=VALUE overrides and --config YAML keys; type = default: meaning):"]
+    lines = textwrap.wrap("settings (type = default: meaning), each given as KEY=VALUE, --KEY=VALUE or --KEY VALUE "
+                          "(--KEY alone sets a true/false one true; tyro's --optim.weight-decay works too), or as a "
+                          "key of a --config YAML file:", width)
     for name, kind, help_text in rows:
         text = f"{kind}: {help_text}" if kind else help_text
         lines += textwrap.wrap(text, width, initial_indent=f"  {name:<{name_width}}",
@@ -375,6 +379,53 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, load_yaml(value)
     except yaml.YAMLError:
         return key, value
+
+
+def _setting_type(key: str):
+    """The type of the dotted setting `key`, or None when there is no such setting."""
+    cls = TrainConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls) or part not in (hints := typing.get_type_hints(cls)):
+            return None
+        cls = hints[part]
+    return None if dataclasses.is_dataclass(cls) else cls
+
+
+def _is_bool(tp) -> bool:
+    return tp is bool or bool in typing.get_args(tp)
+
+
+def settings_argv(argv, options) -> list[str]:
+    """`argv` with settings written as flags, the way LightningCLI/jsonargparse, tyro and `wandb agent` write them,
+    turned into the KEY=VALUE overrides they mean: --optim.lr=0.01 and --optim.lr 0.01 (tyro's hyphens too:
+    --optim.weight-decay 5e-4); a true/false setting alone is true (--ema.enabled), and takes a following true or
+    false as its value. A word is a setting when it is not one of the parser's `options` and names one, or looks
+    like one (dotted, or with an underscore: a misspelt one then gets the did-you-mean of an override). `--` ends it."""
+    out, words, i = [], list(argv), 0
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            return out + words[i - 1:]
+        flag, eq, value = word.partition("=")
+        key = flag[2:].replace("-", "_")
+        if not word.startswith("--") or flag in options or not (key in top or "." in key or "_" in key):
+            out.append(word)
+            continue
+        tp = _setting_type(key)
+        if not eq:
+            following = words[i] if i < len(words) else None
+            if tp is not None and _is_bool(tp):
+                takes = following is not None and following.lower() in ("true", "false")
+                value = following if takes else "true"
+            elif following is None or following.startswith("--"):
+                raise UserError(f"{flag} needs a value; write {flag}=VALUE or {flag} VALUE")
+            else:
+                takes, value = True, following
+            i += takes
+        out.append(f"{key}={value}")
+    return out
 
 
 def _nest(dotted: dict) -> dict:

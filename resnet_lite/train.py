@@ -6,6 +6,7 @@
     torchrun --standalone --nproc_per_node 4 -m resnet_lite.train --variant model5
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m resnet_lite.train --data synthetic --epochs 2
     python -m resnet_lite.train --variant model5 --data synthetic --epochs 3 optim.lr=0.02 schedule.name=onecycle
+    python -m resnet_lite.train --variant model5 --optim.lr=0.02 --schedule.name onecycle --ema.enabled   # the same, as flags
     python -m resnet_lite.train --output-dir runs/m5 --resume        # continue runs/m5 from its newest checkpoint, or start it
     python -m resnet_lite.train --model resnet18 --pretrained --data imagefolder:PATH data.image_size=224 --lr 1e-3
     python -m resnet_lite.train --initial-checkpoint runs/m5 --data cifar100 optim.freeze_epochs=1   # fine-tune a run
@@ -46,7 +47,7 @@ from pathlib import Path
 import torch
 
 from .cli import ArgumentParser, cli
-from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
+from .config import TrainConfig, list_presets, resolve_config, settings_argv, settings_help, to_yaml
 from .data.sources import SPECS
 from .errors import UserError
 from .models.lite import create_model
@@ -153,7 +154,9 @@ def print_presets() -> None:
 
 @cli
 def main(argv=None):
-    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after flags
+    parser = build_parser()
+    argv = settings_argv(sys.argv[1:] if argv is None else argv, options=set(parser._option_string_actions))
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
     if args.list:
         print_presets()
         return 0
