@@ -26,6 +26,7 @@ from .data.augment import AugmentConfig
 from .data.sources import DataConfig
 from .errors import UserError, did_you_mean
 from .models.tta import check_tta
+from .outputs.trackers import TRACKERS, check_log_with
 from .outputs.tracking import WANDB_MODES, WandbConfig
 from .shipped import shipped
 from .training.distributed import DDPConfig
@@ -105,6 +106,9 @@ class TrainConfig:
         "help": "evaluate (and save) an average of the weights (resnet_lite.training.ema)"})
     ddp: DDPConfig = field(default_factory=DDPConfig, metadata={
         "help": "DistributedDataParallel with more than one process (resnet_lite.training.engine)"})
+    log_with: tuple[str, ...] = field(default=("wandb",), metadata={
+        "help": f"experiment trackers, comma-separated or a list: {', '.join(TRACKERS)}; each gets the same scalars "
+                "(W&B as wandb.mode says; resnet_lite.outputs.trackers)"})
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata={
         "help": "Weights & Biases logging (resnet_lite.outputs.tracking); a plain string is read as wandb.mode"})
 
@@ -123,6 +127,10 @@ class TrainConfig:
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
         check_tta(self.tta)
+        self.log_with = check_log_with(self.log_with)
+        if self.wandb.mode in ("online", "offline") and "wandb" not in self.log_with:
+            raise UserError(f"wandb.mode={self.wandb.mode} but log_with={','.join(self.log_with) or '[]'} leaves W&B out; "
+                            f"add wandb to --log-with, or drop the W&B mode")
         if self.compile and self.compile_backend != "inductor":
             import torch._dynamo
 
@@ -168,6 +176,8 @@ def _convert(value, tp, key):
         if isinstance(value, dict):
             return from_dict(tp, value, prefix=f"{key}.")
     elif origin in (tuple, list):
+        if isinstance(value, str) and args == (str, Ellipsis):  # a list of names, comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
         item_types = args if Ellipsis not in args else (args[0],) * len(value or ())
         if isinstance(value, (list, tuple)) and len(value) == len(item_types):
             items = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
@@ -256,7 +266,7 @@ def _short_type(tp) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " | ".join("null" if a is type(None) else _short_type(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (tuple, list):
-        return f"[{', '.join(_short_type(a) for a in typing.get_args(tp))}]"
+        return f"[{', '.join('...' if a is Ellipsis else _short_type(a) for a in typing.get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
 
 

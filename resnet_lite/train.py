@@ -55,7 +55,6 @@ from .models.tools import count_params
 from .outputs import rundir
 from .outputs.checkpoint import resumable_checkpoint
 from .outputs.console import console
-from .outputs.tracking import wandb_mode
 from .report import SEED_TABLE
 from .training.distributed import accelerator_session, resolve_mixed_precision
 from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
@@ -83,9 +82,8 @@ def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
         intent = "resume" if resume else "overwrite" if overwrite else "new"
     if resume and overwrite:
         raise UserError(f"--resume continues {resume} but --overwrite would start its run again; give one of them")
-    logging = wandb_mode(cfg.wandb)[0] != "disabled"
     with stop_signals() as stop_flag, accelerator_session(
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision), log_with="wandb" if logging else None,
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),  # the Reporter starts the trackers
             # the batch size is global: Accelerate would step a prepared scheduler once per process
             step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
         with rundir.claimed(cfg.output_dir, cfg.name or cfg.model, accelerator, intent, resume) as run_dir:
@@ -119,6 +117,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--log-with", metavar="NAMES", help="experiment trackers, comma-separated, e.g. tensorboard,wandb "
+                                                     "(log_with; default wandb)")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], metavar="MODE",
                    help="W&B logging: online, offline or disabled (wandb.mode; default: online if logged in)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR_OR_CHECKPOINT",
@@ -166,7 +166,8 @@ def main(argv=None):
     flags = {"model": args.model, "pretrained": True if args.pretrained or args.pretrained_path else None,
              "pretrained_path": args.pretrained_path, "initial_checkpoint": args.initial_checkpoint,
              "data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
-             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb}
+             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb,
+             "log_with": args.log_with}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
     found = None
     if args.resume is True:

@@ -34,6 +34,7 @@ from ..outputs import rundir
 from ..outputs.checkpoint import load_checkpoint
 from ..outputs.files import read_metrics
 from ..outputs.reporter import Reporter
+from ..outputs.trackers import require_installed
 from .checkpointing import Checkpointer
 from .distributed import average_bn_stats
 from .ema import build_ema, update_ema
@@ -320,7 +321,7 @@ def sample_predictions(evaluator, evaluated, normalize, split, accelerator, chan
 
 def check_inputs(cfg: TrainConfig, accelerator: Accelerator, checkpoint: dict | None, resume) -> None:
     """The mistakes that need no data: a launcher Accelerate cannot see, settings this machine cannot run, an unknown
-    model, a checkpoint of another run."""
+    model, a tracker not installed, a checkpoint of another run."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:  # every process would train the whole set alone, in one folder
         raise UserError(f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees one; launch "
@@ -330,6 +331,7 @@ def check_inputs(cfg: TrainConfig, accelerator: Accelerator, checkpoint: dict | 
         raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
     with torch.device("meta"):  # an unknown model fails now, not after a download
         create_model(cfg.model)
+    require_installed(cfg.log_with)
     if cfg.pretrained and not checkpoint:
         pretrained_source(cfg.model, cfg.pretrained_path)  # models without weights, a missing file
     if checkpoint and checkpoint["config"]["model"] != cfg.model:
