@@ -95,6 +95,10 @@ class TrainConfig:
     cudnn_benchmark: bool = field(default=True, metadata={
         "help": "let cuDNN time its convolution algorithms per input shape and keep the fastest (shapes are fixed "
                 "with drop_last); no effect on the CPU"})
+    profile: int = field(default=0, metadata={
+        "help": "record this many optimizer steps with torch.profiler after a warm-up of 6: a Chrome trace and a table "
+                "of the top operators per process in <output_dir>/profile, then train on unprofiled; 0 = off "
+                "(resnet_lite.training.profiling)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset (resnet_lite.data)"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
@@ -119,6 +123,8 @@ class TrainConfig:
         if self.checkpoint_every_steps < 0 or self.checkpoint_every_epochs < 0:
             raise UserError(f"checkpoint_every_steps={self.checkpoint_every_steps} and checkpoint_every_epochs="
                             f"{self.checkpoint_every_epochs} must be >= 0 (0 = none)")
+        if self.profile < 0:
+            raise UserError(f"profile={self.profile} must be >= 0 (steps to record; 0 = off)")
         if self.stop_check_every < 1:
             raise UserError(f"stop_check_every={self.stop_check_every} must be >= 1")
         if self.batch_size % self.grad_accum:

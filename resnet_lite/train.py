@@ -11,6 +11,7 @@
     python -m resnet_lite.train --model resnet18 --pretrained --data imagefolder:PATH data.image_size=224 --lr 1e-3
     python -m resnet_lite.train --initial-checkpoint runs/m5 --data cifar100 optim.freeze_epochs=1   # fine-tune a run
     python -m resnet_lite.train --list                               # the presets
+    python -m resnet_lite.train --variant fast --profile 10          # a torch.profiler trace of 10 steps in <run>/profile
 
 --batch-size is GLOBAL: images per optimizer step over all processes; with N processes each takes batch_size / N
 (and splits that into grad_accum micro-batches). The learning rate is used as given, whatever the batch size.
@@ -117,6 +118,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--profile", type=int, metavar="N", help="record N training steps with torch.profiler after a "
+                                                           "warm-up: a trace per process in <run>/profile (profile)")
     p.add_argument("--log-with", metavar="NAMES", help="experiment trackers, comma-separated, e.g. tensorboard,wandb "
                                                      "(log_with; default wandb)")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], metavar="MODE",
@@ -167,7 +170,7 @@ def main(argv=None):
              "pretrained_path": args.pretrained_path, "initial_checkpoint": args.initial_checkpoint,
              "data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
              "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb,
-             "log_with": args.log_with}
+             "log_with": args.log_with, "profile": args.profile}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
     found = None
     if args.resume is True:

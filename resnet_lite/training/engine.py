@@ -75,6 +75,7 @@ class Loop:
     stop_check_every: int = 1  # steps between stop checks (checkpoints and an epoch's last step always check)
     ema_update: Callable | None = None  # (step) after each optimizer step: the weight average's update, or None
     step_log: Callable | None = None  # (step, loss_sum on the device, images, lr) after each step: tracking.StepLog
+    profile_step: Callable | None = None  # () after each step: profiling.StepProfiler.step with --profile, else None
     after_step: Callable | None = None  # a test hook (resnet_lite.hooks.step_hook), None in real runs
 
 
@@ -139,6 +140,8 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
         progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
         if loop.step_log:
             loop.step_log(state.step, loss_sum, seen, lr)
+        if loop.profile_step:
+            loop.profile_step()
         if loop.after_step:
             loop.after_step(state.step)
         last = batch + 1 == steps

@@ -40,6 +40,7 @@ from .distributed import average_bn_stats
 from .ema import build_ema, update_ema
 from .engine import DIVERGED, STOPPED, EpochResult, Loop, evaluate_loader, train_one_epoch
 from .optim import build_optimizer, build_scheduler
+from .profiling import StepProfiler
 from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
 from .state import TrainState
 
@@ -58,8 +59,8 @@ class Trainer:
     # configuration: cfg, run_dir, resume, overwrite; processes: accelerator, rank, world, device, is_main, stop_flag
     # data: ds, train_loader, test_loader, val_loader, steps_per_epoch, num_classes, image_size, normalize
     # network: model, ema, evaluated, evaluator, raw_evaluator, wrapped, params, initial_weights
-    # the run: optimizer, scheduler, state, rows, checkpointer (saving, restoring), reporter (console, W&B, files),
-    #          loop (what every step uses), check (stop signals, non-finite losses)
+    # the run: optimizer, scheduler, state, rows, checkpointer (saving, restoring), reporter (console, trackers, files),
+    #          profiler (--profile), loop (what every step uses), check (stop signals, non-finite losses)
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, run_dir, resume=None,
                  stop_flag: StopFlag | None = None, overwrite: bool = False):
@@ -171,6 +172,8 @@ class Trainer:
         self.raw_evaluator = TTA(compiled(self.model), cfg.tta) if self.ema is not None and cfg.ema.eval_raw else None
         total = cfg.epochs * self.steps_per_epoch
         self.wrapped = compiled(self.prepared)
+        self.profiler = StepProfiler(cfg.profile, self.run_dir, self.rank, self.device, start_step=self.state.step,
+                                     say=self.reporter.progress.print) if cfg.profile else None
         self.loop = Loop(
             accelerator=self.accelerator, model=self.model, wrapped=self.wrapped, optimizer=self.optimizer,
             scheduler=self.scheduler, augment=build_augment(cfg.augment, self.ds.mean, self.ds.std),
@@ -178,6 +181,7 @@ class Trainer:
             generator=torch.Generator(device=self.device), seed=cfg.seed, grad_accum=cfg.grad_accum,
             channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps,
             stop_check_every=cfg.stop_check_every, step_log=self.reporter.step_log, after_step=hooks.step_hook(),
+            profile_step=self.profiler.step if self.profiler else None,
             ema_update=None if self.ema is None else functools.partial(update_ema, self.ema, self.model, cfg.ema,
                                                                        total=total))
 
@@ -213,6 +217,7 @@ class Trainer:
             if epoch + 1 < cfg.epochs and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
                 self._end_run(stop, saved if saving else self._save(epoch + 1, 0, 0.0, 0), epoch)  # a signal during
         self.check.close()  # the evaluation, or in the epoch's last step
+        self._close_profiler()
         self.reporter.close()
         state.elapsed += time.perf_counter() - self.t_start
         return self._finish()
@@ -273,6 +278,7 @@ class Trainer:
     def _end_run(self, stop, saved: Path | None, epoch: int) -> None:
         """End the run on every process (raises what main() turns into the exit code), once `saved` is written."""
         self.check.close()
+        self._close_profiler()
         self.reporter.close()
         if stop.diverged:
             good = self.checkpointer.last_good()
@@ -285,6 +291,10 @@ class Trainer:
         other = "" if self.stop_flag.signum else " on another process"
         raise Preempted(f"stopped by {stop.signal_name}{other} after step {self.state.step} (epoch {epoch + 1}); saved "
                         f"{saved}; continue with: python -m resnet_lite.train --output-dir {self.run_dir} --resume")
+
+    def _close_profiler(self) -> None:
+        if self.profiler is not None:
+            self.profiler.close()
 
     def _rank_report(self, train_indices, **extra) -> None:
         hooks.rank_report(self.rank, self.world, self.state.step, self.model, train_indices, self.test_loader,
