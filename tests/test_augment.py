@@ -11,6 +11,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 
 from resnet_lite.data import augment as A
+from resnet_lite.data.images import build_normalize
 from resnet_lite.errors import UserError
 
 MEAN = (0.4914, 0.4821, 0.4465)
@@ -142,13 +143,13 @@ def test_rejects_anything_but_a_uint8_batch():
     with pytest.raises(ValueError, match="uint8"):
         fn(torch.rand(4, 3, 32, 32))
     with pytest.raises(ValueError, match="uint8"):
-        A.build_normalize(MEAN, STD)(torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
+        build_normalize(MEAN, STD)(torch.zeros(4, 1, 32, 32, dtype=torch.uint8))
 
 
 def test_normalize_matches_the_formula_and_none_is_normalize_only():
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=gen())
     want = (x.float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
-    torch.testing.assert_close(A.build_normalize(MEAN, STD)(x), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(build_normalize(MEAN, STD)(x), want, atol=1e-5, rtol=0)
     torch.testing.assert_close(A.build_augment("none", MEAN, STD)(x, gen()), want, atol=1e-5, rtol=0)
 
 
@@ -182,7 +183,7 @@ def test_flip_equals_torch_flip_at_half_rate():
     n = 4000
     x = torch.randint(0, 256, (n, 3, 8, 8), dtype=torch.uint8, generator=gen())
     out = A.build_augment(only(flip=True), MEAN, STD)(x, gen(1))
-    norm = A.build_normalize(MEAN, STD)
+    norm = build_normalize(MEAN, STD)
     same = (out == norm(x)).flatten(1).all(1)
     flipped = (out == norm(x.flip(-1))).flatten(1).all(1)
     assert (same ^ flipped).all()
@@ -282,7 +283,7 @@ def test_jitter_draws_factors_and_order_per_sample_as_documented():
     factors = torch.tensor([0.8, 0.7, 0.6]) + u[:, 4:7] * torch.tensor([0.4, 0.6, 0.8])
     order = u[:, 7:10].argsort(dim=1)
     assert len(torch.unique(order, dim=0)) == 6
-    want = A.build_normalize(MEAN, STD)(A.color_jitter(x, factors, order).to(torch.uint8))
+    want = build_normalize(MEAN, STD)(A.color_jitter(x, factors, order).to(torch.uint8))
     torch.testing.assert_close(out, want, atol=1e-5, rtol=0)
 
 
@@ -329,7 +330,7 @@ def test_cutout_zeroes_one_square_per_sample():
     n, size = 256, 8
     x = torch.randint(1, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen())
     out = A.build_augment(only(cutout=size), MEAN, STD)(x, gen(1))
-    norm = A.build_normalize(MEAN, STD)(x)
+    norm = build_normalize(MEAN, STD)(x)
     changed = (out != norm).any(1)
     assert (out[changed.unsqueeze(1).expand_as(out)] == 0).all()
     rows, cols = changed.any(2), changed.any(1)
