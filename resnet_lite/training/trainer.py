@@ -21,9 +21,10 @@ from accelerate.utils import set_seed
 
 from .. import hooks
 from ..config import TrainConfig
-from ..data.augment import build_augment
+from ..data.augment import build_augment, resolve
 from ..data.images import build_normalize
 from ..data.loader import DeviceLoader
+from ..data.mix import build_mix, soft_target_loss
 from ..data.sources import load_data
 from ..errors import UserError, first_line
 from ..models.lite import create_model
@@ -171,13 +172,18 @@ class Trainer:
         # with an EMA, the raw weights are evaluated beside it: an average that lags them shows (ema.eval_raw)
         self.raw_evaluator = TTA(compiled(self.model), cfg.tta) if self.ema is not None and cfg.ema.eval_raw else None
         total = cfg.epochs * self.steps_per_epoch
+        # with MixUp/CutMix the targets are soft, label smoothing folded into them (timm's Mixup and
+        # SoftTargetCrossEntropy); without, the hard labels' loss
+        mix = build_mix(resolve(cfg.augment), self.num_classes, cfg.label_smoothing)
+        criterion = soft_target_loss if mix else torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
+                                                                           reduction="sum")
         self.wrapped = compiled(self.prepared)
         self.profiler = StepProfiler(cfg.profile, self.run_dir, self.rank, self.device, start_step=self.state.step,
                                      say=self.reporter.progress.print) if cfg.profile else None
         self.loop = Loop(
             accelerator=self.accelerator, model=self.model, wrapped=self.wrapped, optimizer=self.optimizer,
-            scheduler=self.scheduler, augment=build_augment(cfg.augment, self.ds.mean, self.ds.std),
-            criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
+            scheduler=self.scheduler, augment=build_augment(cfg.augment, self.ds.mean, self.ds.std), mix=mix,
+            criterion=criterion,
             generator=torch.Generator(device=self.device), seed=cfg.seed, grad_accum=cfg.grad_accum,
             channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps,
             stop_check_every=cfg.stop_check_every, step_log=self.reporter.step_log, after_step=hooks.step_hook(),
