@@ -41,6 +41,7 @@ Exit codes:
 
 The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks: resnet_lite.hooks.
 """
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -56,9 +57,10 @@ from .models.tools import count_params
 from .outputs import rundir
 from .outputs.checkpoint import resumable_checkpoint
 from .outputs.console import console
+from .outputs.sweep_agent import agent_run
 from .report import SEED_TABLE
 from .training.distributed import accelerator_session, resolve_mixed_precision
-from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
+from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals, stop_with_parent
 from .training.trainer import Trainer
 
 __all__ = ["train", "main"]
@@ -172,6 +174,9 @@ def main(argv=None):
              "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb,
              "log_with": args.log_with, "profile": args.profile}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
+    agent = agent_run()  # started by `wandb agent`: its run's folder unless one is given
+    if agent and cfg.output_dir is None:
+        cfg = dataclasses.replace(cfg, output_dir=str(agent.run_dir))
     found = None
     if args.resume is True:
         if cfg.output_dir is None:
@@ -191,11 +196,15 @@ def main(argv=None):
                             f"resume without it (the run keeps its own config), or start a new run in another --output-dir")
         flags["output_dir"] = args.output_dir or str(rundir.run_of(found[0]))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
+    if agent:
+        agent.check(cfg)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     if args.resume and not found:
         _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
+    if agent:  # the agent stops a run by a signal to its launcher: it must reach this process too
+        stop_with_parent()
     try:
         train(cfg, resume=found[0] if found else bool(args.resume), overwrite=args.overwrite)
     except Preempted as e:

@@ -12,8 +12,10 @@ curves.png and summary.json.
 Files and trackers are written by the main process; StepLog runs on every process (each row is all processes' mean).
 """
 import dataclasses
+import os
 import platform
 import secrets
+import signal
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from . import rundir
 from .console import Progress, print_final
 from .files import write_json, write_metrics, write_text
 from .plots import plot_curves
+from .sweep_agent import agent_run
 from .trackers import PROJECT, build_trackers, flat_config
 from .tracking import StepLog, define_wandb_metrics, log_wandb_final, log_wandb_model, wandb_mode, wandb_settings
 
@@ -90,7 +93,9 @@ class Reporter:
         for tracker in accelerator.trackers:  # the main process's
             tracker.store_init_configuration(config if tracker.name == "wandb" else flat_config(config))
         if self.wandb_on and self.is_main:
-            define_wandb_metrics(accelerator.get_tracker("wandb", unwrap=True), has_val)
+            run = accelerator.get_tracker("wandb", unwrap=True)
+            self.state.wandb_id = run.id  # the agent's under a sweep: a resume outside it continues that run
+            define_wandb_metrics(run, has_val)
         # on every process (each row's loss is all processes' mean); accelerator.log writes on the main one only
         self.step_log = StepLog(accelerator.log, self.cfg.wandb.log_every_steps, accelerator.num_processes)
 
@@ -103,9 +108,19 @@ class Reporter:
 
         state = self.state
         state.wandb_id = state.wandb_id or secrets.token_hex(4)
-        return dict(wandb_settings(self.cfg.wandb, self.run_dir), dir=str(self.run_dir), mode=self.wandb_mode,
-                    id=state.wandb_id, resume="allow",
-                    settings=wandb.Settings(console="wrap"))  # wraps sys.stdout: not the bar's copy
+        kwargs = dict(wandb_settings(self.cfg.wandb, self.run_dir), dir=str(self.run_dir), mode=self.wandb_mode,
+                      id=state.wandb_id, resume="allow",
+                      settings=wandb.Settings(console="wrap"))  # wraps sys.stdout: not the bar's copy
+        if agent := agent_run():  # the agent's run, as the sweep names it
+            kwargs = agent.wandb_kwargs(kwargs, named=bool(self.cfg.wandb.name or os.environ.get("WANDB_NAME")))
+        return kwargs
+
+    def mark_preempting(self, signum: int) -> None:
+        """A run of a W&B sweep stopped by SIGUSR1 (a preemption's warning, as Slurm's --signal sends it) asks W&B to
+        requeue it: an agent then starts it again and it resumes (resnet_lite.outputs.sweep_agent). SIGTERM is how the
+        agent itself stops a run (early termination): that one stays stopped."""
+        if self.is_main and self.wandb_on and signum == signal.SIGUSR1 and agent_run():
+            self.accelerator.get_tracker("wandb", unwrap=True).mark_preempting()
 
     def write_start(self, rows: list[dict], replace_earlier: bool) -> None:
         """Main process, once the inputs are checked: with --overwrite the earlier run's files go (rundir.clear_run);

@@ -59,7 +59,7 @@ def build_trackers(names, run_dir: Path, *, wandb_kwargs: dict | None = None, pr
 
     run_dir = Path(run_dir)
     made = {
-        "wandb": lambda cls: cls(wandb_kwargs["project"], **{k: v for k, v in wandb_kwargs.items() if k != "project"}),
+        "wandb": lambda cls: cls(wandb_kwargs.get("project"), **{k: v for k, v in wandb_kwargs.items() if k != "project"}),
         # SummaryWriter's purge_step: the rows after the step this process starts from, which it logs again, are
         # hidden (those an earlier process logged after its checkpoint; for a new run any earlier run's there)
         "tensorboard": lambda cls: cls(rundir.TENSORBOARD, run_dir, purge_step=resumed_at + 1),

@@ -291,6 +291,7 @@ class Trainer:
             raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
                                 f"without saving it: {f'the last good checkpoint is {good}' if good else 'no checkpoint yet'}"
                                 f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
+        self.reporter.mark_preempting(stop.signum)
         indices = self.first_indices if self.first_indices is not None else self.train_loader.local_indices()
         self._rank_report(indices, stopped=stop.signal_name)
         self.accelerator.wait_for_everyone()  # no process exits (a launcher then kills the rest) before the file is whole
