@@ -7,6 +7,8 @@ only composes them. Precedence, lowest first:
 
     cfg = resolve_config(variant="model5", overrides=["optim.lr=0.05", "data.spec=synthetic"])
     yaml.safe_dump(to_dict(cfg))
+    settings_argv(["--optim.lr=0.05", "--ema.enabled", "--data.image_size", "16"], options={"--data"})
+    # -> ["optim.lr=0.05", "ema.enabled=true", "data.image_size=16"]: settings written as other tools write them
 
 Unknown keys and wrong types raise UserError naming the key, what it should be, and the closest known key.
 """
@@ -24,6 +26,7 @@ from .data.augment import AugmentConfig
 from .data.sources import DataConfig
 from .errors import UserError, did_you_mean
 from .models.tta import check_tta
+from .outputs.trackers import TRACKERS, check_log_with
 from .outputs.tracking import WANDB_MODES, WandbConfig
 from .shipped import shipped
 from .training.distributed import DDPConfig
@@ -31,7 +34,7 @@ from .training.ema import EMAConfig
 from .training.optim import OptimConfig, ScheduleConfig
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
-           "parse_override", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
+           "parse_override", "settings_argv", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
@@ -92,6 +95,10 @@ class TrainConfig:
     cudnn_benchmark: bool = field(default=True, metadata={
         "help": "let cuDNN time its convolution algorithms per input shape and keep the fastest (shapes are fixed "
                 "with drop_last); no effect on the CPU"})
+    profile: int = field(default=0, metadata={
+        "help": "record this many optimizer steps with torch.profiler after a warm-up of 6: a Chrome trace and a table "
+                "of the top operators per process in <output_dir>/profile, then train on unprofiled; 0 = off "
+                "(resnet_lite.training.profiling)"})
     keep_checkpoints: int = field(default=2, metadata={"help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset (resnet_lite.data)"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
@@ -103,6 +110,9 @@ class TrainConfig:
         "help": "evaluate (and save) an average of the weights (resnet_lite.training.ema)"})
     ddp: DDPConfig = field(default_factory=DDPConfig, metadata={
         "help": "DistributedDataParallel with more than one process (resnet_lite.training.engine)"})
+    log_with: tuple[str, ...] = field(default=("wandb",), metadata={
+        "help": f"experiment trackers, comma-separated or a list: {', '.join(TRACKERS)}; each gets the same scalars "
+                "(W&B as wandb.mode says; resnet_lite.outputs.trackers)"})
     wandb: WandbConfig = field(default_factory=WandbConfig, metadata={
         "help": "Weights & Biases logging (resnet_lite.outputs.tracking); a plain string is read as wandb.mode"})
 
@@ -113,6 +123,8 @@ class TrainConfig:
         if self.checkpoint_every_steps < 0 or self.checkpoint_every_epochs < 0:
             raise UserError(f"checkpoint_every_steps={self.checkpoint_every_steps} and checkpoint_every_epochs="
                             f"{self.checkpoint_every_epochs} must be >= 0 (0 = none)")
+        if self.profile < 0:
+            raise UserError(f"profile={self.profile} must be >= 0 (steps to record; 0 = off)")
         if self.stop_check_every < 1:
             raise UserError(f"stop_check_every={self.stop_check_every} must be >= 1")
         if self.batch_size % self.grad_accum:
@@ -121,6 +133,10 @@ class TrainConfig:
         if not 0.0 <= self.drop_rate < 1.0 or not 0.0 <= self.label_smoothing < 1.0:
             raise UserError(f"drop_rate={self.drop_rate} and label_smoothing={self.label_smoothing} must be in [0, 1)")
         check_tta(self.tta)
+        self.log_with = check_log_with(self.log_with)
+        if self.wandb.mode in ("online", "offline") and "wandb" not in self.log_with:
+            raise UserError(f"wandb.mode={self.wandb.mode} but log_with={','.join(self.log_with) or '[]'} leaves W&B out; "
+                            f"add wandb to --log-with, or drop the W&B mode")
         if self.compile and self.compile_backend != "inductor":
             import torch._dynamo
 
@@ -166,6 +182,8 @@ def _convert(value, tp, key):
         if isinstance(value, dict):
             return from_dict(tp, value, prefix=f"{key}.")
     elif origin in (tuple, list):
+        if isinstance(value, str) and args == (str, Ellipsis):  # a list of names, comma-separated
+            value = [v.strip() for v in value.split(",") if v.strip()]
         item_types = args if Ellipsis not in args else (args[0],) * len(value or ())
         if isinstance(value, (list, tuple)) and len(value) == len(item_types):
             items = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
@@ -254,7 +272,7 @@ def _short_type(tp) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " | ".join("null" if a is type(None) else _short_type(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) in (tuple, list):
-        return f"[{', '.join(_short_type(a) for a in typing.get_args(tp))}]"
+        return f"[{', '.join('...' if a is Ellipsis else _short_type(a) for a in typing.get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -284,7 +302,9 @@ def settings_help(width: int = 118) -> str:
 
     walk(TrainConfig, "")
     name_width = max(len(name) for name, _, _ in rows) + 2
-    lines = ["settings (KEY=VALUE overrides and --config YAML keys; type = default: meaning):"]
+    lines = textwrap.wrap("settings (type = default: meaning), each given as KEY=VALUE, --KEY=VALUE or --KEY VALUE "
+                          "(--KEY alone sets a true/false one true; tyro's --optim.weight-decay works too), or as a "
+                          "key of a --config YAML file:", width)
     for name, kind, help_text in rows:
         text = f"{kind}: {help_text}" if kind else help_text
         lines += textwrap.wrap(text, width, initial_indent=f"  {name:<{name_width}}",
@@ -375,6 +395,53 @@ def parse_override(text: str) -> tuple[str, object]:
         return key, load_yaml(value)
     except yaml.YAMLError:
         return key, value
+
+
+def _setting_type(key: str):
+    """The type of the dotted setting `key`, or None when there is no such setting."""
+    cls = TrainConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls) or part not in (hints := typing.get_type_hints(cls)):
+            return None
+        cls = hints[part]
+    return None if dataclasses.is_dataclass(cls) else cls
+
+
+def _is_bool(tp) -> bool:
+    return tp is bool or bool in typing.get_args(tp)
+
+
+def settings_argv(argv, options) -> list[str]:
+    """`argv` with settings written as flags, the way LightningCLI/jsonargparse, tyro and `wandb agent` write them,
+    turned into the KEY=VALUE overrides they mean: --optim.lr=0.01 and --optim.lr 0.01 (tyro's hyphens too:
+    --optim.weight-decay 5e-4); a true/false setting alone is true (--ema.enabled), and takes a following true or
+    false as its value. A word is a setting when it is not one of the parser's `options` and names one, or looks
+    like one (dotted, or with an underscore: a misspelt one then gets the did-you-mean of an override). `--` ends it."""
+    out, words, i = [], list(argv), 0
+    top = {f.name for f in dataclasses.fields(TrainConfig)}
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            return out + words[i - 1:]
+        flag, eq, value = word.partition("=")
+        key = flag[2:].replace("-", "_")
+        if not word.startswith("--") or flag in options or not (key in top or "." in key or "_" in key):
+            out.append(word)
+            continue
+        tp = _setting_type(key)
+        if not eq:
+            following = words[i] if i < len(words) else None
+            if tp is not None and _is_bool(tp):
+                takes = following is not None and following.lower() in ("true", "false")
+                value = following if takes else "true"
+            elif following is None or following.startswith("--"):
+                raise UserError(f"{flag} needs a value; write {flag}=VALUE or {flag} VALUE")
+            else:
+                takes, value = True, following
+            i += takes
+        out.append(f"{key}={value}")
+    return out
 
 
 def _nest(dotted: dict) -> dict:

@@ -6,10 +6,12 @@
     torchrun --standalone --nproc_per_node 4 -m resnet_lite.train --variant model5
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m resnet_lite.train --data synthetic --epochs 2
     python -m resnet_lite.train --variant model5 --data synthetic --epochs 3 optim.lr=0.02 schedule.name=onecycle
+    python -m resnet_lite.train --variant model5 --optim.lr=0.02 --schedule.name onecycle --ema.enabled   # the same, as flags
     python -m resnet_lite.train --output-dir runs/m5 --resume        # continue runs/m5 from its newest checkpoint, or start it
     python -m resnet_lite.train --model resnet18 --pretrained --data imagefolder:PATH data.image_size=224 --lr 1e-3
     python -m resnet_lite.train --initial-checkpoint runs/m5 --data cifar100 optim.freeze_epochs=1   # fine-tune a run
     python -m resnet_lite.train --list                               # the presets
+    python -m resnet_lite.train --variant fast --profile 10          # a torch.profiler trace of 10 steps in <run>/profile
 
 --batch-size is GLOBAL: images per optimizer step over all processes; with N processes each takes batch_size / N
 (and splits that into grad_accum micro-batches). The learning rate is used as given, whatever the batch size.
@@ -39,6 +41,7 @@ Exit codes:
 
 The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks: resnet_lite.hooks.
 """
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -46,7 +49,7 @@ from pathlib import Path
 import torch
 
 from .cli import ArgumentParser, cli
-from .config import TrainConfig, list_presets, resolve_config, settings_help, to_yaml
+from .config import TrainConfig, list_presets, resolve_config, settings_argv, settings_help, to_yaml
 from .data.sources import SPECS
 from .errors import UserError
 from .models.lite import create_model
@@ -54,10 +57,10 @@ from .models.tools import count_params
 from .outputs import rundir
 from .outputs.checkpoint import resumable_checkpoint
 from .outputs.console import console
-from .outputs.tracking import wandb_mode
+from .outputs.sweep_agent import agent_run
 from .report import SEED_TABLE
 from .training.distributed import accelerator_session, resolve_mixed_precision
-from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
+from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals, stop_with_parent
 from .training.trainer import Trainer
 
 __all__ = ["train", "main"]
@@ -82,9 +85,8 @@ def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
         intent = "resume" if resume else "overwrite" if overwrite else "new"
     if resume and overwrite:
         raise UserError(f"--resume continues {resume} but --overwrite would start its run again; give one of them")
-    logging = wandb_mode(cfg.wandb)[0] != "disabled"
     with stop_signals() as stop_flag, accelerator_session(
-            mixed_precision=resolve_mixed_precision(cfg.mixed_precision), log_with="wandb" if logging else None,
+            mixed_precision=resolve_mixed_precision(cfg.mixed_precision),  # the Reporter starts the trackers
             # the batch size is global: Accelerate would step a prepared scheduler once per process
             step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
         with rundir.claimed(cfg.output_dir, cfg.name or cfg.model, accelerator, intent, resume) as run_dir:
@@ -118,6 +120,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
     p.add_argument("--seed", type=int)
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
+    p.add_argument("--profile", type=int, metavar="N", help="record N training steps with torch.profiler after a "
+                                                           "warm-up: a trace per process in <run>/profile (profile)")
+    p.add_argument("--log-with", metavar="NAMES", help="experiment trackers, comma-separated, e.g. tensorboard,wandb "
+                                                     "(log_with; default wandb)")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], metavar="MODE",
                    help="W&B logging: online, offline or disabled (wandb.mode; default: online if logged in)")
     p.add_argument("--resume", nargs="?", const=True, metavar="RUN_DIR_OR_CHECKPOINT",
@@ -153,7 +159,9 @@ def print_presets() -> None:
 
 @cli
 def main(argv=None):
-    args = build_parser().parse_intermixed_args(argv)  # overrides may come before and after flags
+    parser = build_parser()
+    argv = settings_argv(sys.argv[1:] if argv is None else argv, options=set(parser._option_string_actions))
+    args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
     if args.list:
         print_presets()
         return 0
@@ -163,8 +171,12 @@ def main(argv=None):
     flags = {"model": args.model, "pretrained": True if args.pretrained or args.pretrained_path else None,
              "pretrained_path": args.pretrained_path, "initial_checkpoint": args.initial_checkpoint,
              "data.spec": args.data, "data.root": args.data_dir, "epochs": args.epochs, "batch_size": args.batch_size,
-             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb}
+             "optim.lr": args.lr, "seed": args.seed, "output_dir": args.output_dir, "wandb.mode": args.wandb,
+             "log_with": args.log_with, "profile": args.profile}
     cfg = resolve_config(args.variant, args.config, flags, args.overrides)
+    agent = agent_run()  # started by `wandb agent`: its run's folder unless one is given
+    if agent and cfg.output_dir is None:
+        cfg = dataclasses.replace(cfg, output_dir=str(agent.run_dir))
     found = None
     if args.resume is True:
         if cfg.output_dir is None:
@@ -184,11 +196,15 @@ def main(argv=None):
                             f"resume without it (the run keeps its own config), or start a new run in another --output-dir")
         flags["output_dir"] = args.output_dir or str(rundir.run_of(found[0]))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
+    if agent:
+        agent.check(cfg)
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
     if args.resume and not found:
         _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
+    if agent:  # the agent stops a run by a signal to its launcher: it must reach this process too
+        stop_with_parent()
     try:
         train(cfg, resume=found[0] if found else bool(args.resume), overwrite=args.overwrite)
     except Preempted as e:

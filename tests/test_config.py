@@ -256,3 +256,70 @@ def test_print_config_with_resume_shows_the_runs_config_changed_by_the_command_l
     saved["epochs"], saved["optim"]["weight_decay"], saved["output_dir"] = 5, 0.1, str(tiny_run)
     assert printed == saved and printed["data"]["spec"] == "synthetic" and printed["tta"] == 1
     assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == checkpoints  # nothing trained or written
+
+
+# ---------------------------------------------------------------------------------------------- settings as flags
+
+
+def _printed_config(argv, capsys) -> dict:
+    assert train_main([*argv, "--print-config"]) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("argv", [
+    ["optim.lr=0.03", "data.image_size=16", "ema.enabled=true", "optim.weight_decay=5e-4"],
+    ["--optim.lr=0.03", "--data.image_size=16", "--ema.enabled=true", "--optim.weight_decay=5e-4"],
+    ["--optim.lr", "0.03", "--data.image_size", "16", "--ema.enabled", "--optim.weight-decay", "5e-4"],  # tyro's
+    ["--ema.enabled", "True", "--data", "cifar10", "--optim.lr", "3e-2", "data.image_size=16", "--optim.weight_decay",
+     "0.0005"],
+], ids=["overrides", "flags=value", "flags value", "mixed"])
+def test_settings_as_flags_mean_what_overrides_mean(argv, capsys):
+    cfg = _printed_config(argv, capsys)
+    assert (cfg["optim"]["lr"], cfg["data"]["image_size"], cfg["ema"]["enabled"]) == (0.03, 16, True)
+    assert cfg["optim"]["weight_decay"] == 5e-4 and cfg["data"]["spec"] == "cifar10"
+
+
+def test_a_boolean_flag_alone_is_true_and_takes_only_true_or_false(capsys):
+    """--ema.enabled alone is true (jsonargparse's reading); the override after it stays an override, a flag stays a
+    flag, and an explicit false is read."""
+    cfg = _printed_config(["--ema.enabled", "optim.lr=0.02", "--compile", "--epochs", "3"], capsys)
+    assert cfg["ema"]["enabled"] is True and cfg["compile"] is True and cfg["optim"]["lr"] == 0.02 and cfg["epochs"] == 3
+    cfg = _printed_config(["--ema.enabled", "false", "--save_best=False"], capsys)  # False: how wandb agent writes it
+    assert cfg["ema"]["enabled"] is False and cfg["save_best"] is False
+
+
+def test_wandb_agents_arguments_are_read_as_overrides(capsys):
+    """The command-line forms wandb's agent builds from a run's values (its own create_sweep_command_args): ${args}
+    (--k=v), ${args_no_equals} (--k v) and ${args_no_hyphens} (k=v) all give the same settings."""
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+    values = {"optim.lr": 0.0031, "optim.weight_decay": 1e-05, "label_smoothing": 0.1, "ema.enabled": True,
+              "augment.preset": "fast", "batch_size": 64, "schedule.warmup_epochs": 0.5}
+    forms = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
+    configs = [_printed_config(forms[form], capsys) for form in ("args", "args_no_equals", "args_no_hyphens")]
+    assert configs[0] == configs[1] == configs[2]
+    assert configs[0] == to_dict(resolve_config(overrides=[f"{k}={v}" for k, v in values.items()]))
+    assert configs[0]["optim"]["weight_decay"] == 1e-5 and configs[0]["batch_size"] == 64
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--optim.lrr=0.1"], "error: unknown setting 'optim.lrr' in the overrides; did you mean 'optim.lr'?"),
+    (["--lable_smoothing", "0.1"], "error: unknown setting 'lable_smoothing' in the overrides; did you mean "
+                                   "'label_smoothing'?"),
+    (["--optim.lr", "fast"], "error: optim.lr must be a number, got 'fast'"),
+    (["--data.image_size=big"], "error: data.image_size must be an integer or null, got 'big'"),
+    (["--optim.lr", "--epochs", "2"], "error: --optim.lr needs a value; write --optim.lr=VALUE or --optim.lr VALUE"),
+    (["--ema.enabled=maybe"], "error: ema.enabled must be true or false, got 'maybe'"),
+])
+def test_flag_errors_are_the_overrides_one_line_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        train_main([*argv, "--print-config"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+
+
+def test_help_stays_one_list_and_says_how_to_write_flags():
+    usage = subprocess.run([sys.executable, "-m", "resnet_lite.train", "--help"], capture_output=True, text=True,
+                           check=True, env=dict(os.environ, COLUMNS="80")).stdout
+    assert "--KEY=VALUE or --KEY VALUE" in " ".join(usage.split())
+    assert usage.count("\n  optim.lr ") == 1 and "--optim.lr" not in usage  # no second list of dotted flags

@@ -247,10 +247,15 @@ def test_model_backward(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_model_default_cfgs(name):
-    """Mirrors timm's test_model_default_cfgs: forward_features is unpooled at pool_size, reset_classifier(0) gives
-    pooled num_features, reset_classifier(0, '') and create_model(num_classes=0, global_pool='') give the unpooled
-    map, classifier/first_conv name real weights, feature_info ends at num_features and pool_size."""
+    """Mirrors timm's test_model_default_cfgs: num_classes, num_features, head_hidden_size and in_chans are set,
+    forward_features is unpooled at pool_size, reset_classifier(0) gives pooled num_features, reset_classifier(0, '')
+    and create_model(num_classes=0, global_pool='') give the unpooled map, classifier/first_conv name real weights,
+    feature_info ends at num_features and pool_size."""
     model = timm.create_model(name, pretrained=False).eval()
+    # timm's own opening checks: the attributes every timm model carries
+    assert model.num_classes >= 0 and model.num_features > 0 and model.head_hidden_size > 0
+    assert model.in_chans == model.pretrained_cfg["input_size"][0] == model.conv1.in_channels
+    assert timm.create_model(name, pretrained=False, in_chans=1).in_chans == 1
     cfg, state_dict, x = model.pretrained_cfg, model.state_dict(), _x(1)
     pool_size = cfg["pool_size"]
     assert tuple(model.forward_features(x).shape[-2:]) == pool_size

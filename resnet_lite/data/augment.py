@@ -10,6 +10,8 @@ integers after every op, in a random order per image.
 
     fn = build_augment("seed", mean, std)
     x = fn(uint8_batch, generator)          # float32, normalised
+
+MixUp and CutMix (mixup_alpha, cutmix_alpha, ...) mix the augmented batch and its labels: resnet_lite.data.mix.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ import torch
 from resnet_lite.errors import UserError, did_you_mean
 
 from .images import _check_batch, _on_device, _scale_shift
+from .mix import MIX_MODES
 
 _PAD_MODES = ("zero", "reflect")
 _JITTER_OPS = ("brightness", "contrast", "saturation")
@@ -42,14 +45,27 @@ class AugmentConfig:
     saturation: float | None = dataclasses.field(default=None, metadata={"help": "as brightness, for saturation"})
     cutout: int | None = dataclasses.field(default=None, metadata={
         "help": "side in pixels of a square set to 0 after normalising (DeVries & Taylor); 0 = off"})
+    mixup_alpha: float | None = dataclasses.field(default=None, metadata={
+        "help": "MixUp: each image blended with its mirror in the batch, lam ~ Beta(a, a) (timm's --mixup; 0.8 is "
+                "usual); 0 = off (resnet_lite.data.mix)"})
+    cutmix_alpha: float | None = dataclasses.field(default=None, metadata={
+        "help": "CutMix: a box of the mirror image pasted, area 1 - lam, lam ~ Beta(a, a) (timm's --cutmix; 1.0 is "
+                "usual); 0 = off"})
+    mix_prob: float | None = dataclasses.field(default=None, metadata={
+        "help": "probability that a batch (mix_mode batch) or an image (elem) is mixed at all (timm's --mixup-prob)"})
+    switch_prob: float | None = dataclasses.field(default=None, metadata={
+        "help": "with both MixUp and CutMix on: the probability of CutMix (timm's --mixup-switch-prob)"})
+    mix_mode: str | None = dataclasses.field(default=None, metadata={
+        "help": "batch: one draw for the whole batch; elem: one per image (timm's --mixup-mode)"})
 
 
+NO_MIX = dict(mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, switch_prob=0.5, mix_mode="batch")  # timm's defaults
 PRESETS: dict[str, AugmentConfig] = {
     # the seed's RandomRotation(5) -> RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2)
-    "seed": AugmentConfig("seed", 5.0, True, 4, "zero", 0.2, 0.2, 0.2, 0),
+    "seed": AugmentConfig("seed", 5.0, True, 4, "zero", 0.2, 0.2, 0.2, 0, **NO_MIX),
     # airbench94: flip + translate by reflect-padding 2; add `cutout` for longer speed runs
-    "fast": AugmentConfig("fast", 0.0, True, 2, "reflect", 0.0, 0.0, 0.0, 0),
-    "none": AugmentConfig("none", 0.0, False, 0, "zero", 0.0, 0.0, 0.0, 0),
+    "fast": AugmentConfig("fast", 0.0, True, 2, "reflect", 0.0, 0.0, 0.0, 0, **NO_MIX),
+    "none": AugmentConfig("none", 0.0, False, 0, "zero", 0.0, 0.0, 0.0, 0, **NO_MIX),
 }
 
 
@@ -67,14 +83,23 @@ def _check(name, value):
         return float(value)
     if name in ("crop_padding", "cutout") and number and value >= 0 and value == int(value):
         return int(value)
+    if name in ("mixup_alpha", "cutmix_alpha") and number and value >= 0:
+        return float(value)
+    if name in ("mix_prob", "switch_prob") and number and 0 <= value <= 1:
+        return float(value)
     if name == "flip" and isinstance(value, bool):
         return value
+    if name == "mix_mode":
+        if value in MIX_MODES:
+            return value
+        raise UserError(f"augment.mix_mode '{value}' is not a mixing mode; {_suggest(value, MIX_MODES)}")
     if name == "pad_mode":
         if value in _PAD_MODES:
             return value
         raise UserError(f"augment.pad_mode '{value}' is not a padding mode; {_suggest(value, _PAD_MODES)}")
     want = {"rotate_degrees": "a number of degrees in [0, 180]", "flip": "true or false",
-            "crop_padding": "a whole number of pixels >= 0", "cutout": "a whole number of pixels >= 0"}
+            "crop_padding": "a whole number of pixels >= 0", "cutout": "a whole number of pixels >= 0",
+            "mix_prob": "a probability in [0, 1]", "switch_prob": "a probability in [0, 1]"}
     raise UserError(f"augment.{name} must be {want.get(name, 'a number >= 0')}, got {value!r}; fix it in the config")
 
 

@@ -30,8 +30,9 @@ def list_images(folder, extensions=None) -> list[str]:
             for name in sorted(names) if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions]
 
 
-def decode(path: str | Path, size: int | None = None, crop_pct: float = 1.0) -> np.ndarray:
-    """uint8 H x W x 3 RGB pixels of an image file; with `size`, size x size as timm's eval transform makes them
+def decode(path, size: int | None = None, crop_pct: float = 1.0) -> np.ndarray:
+    """uint8 H x W x 3 RGB pixels of an image file (a path, or a binary file object: a dataset's encoded bytes); with
+    `size`, size x size as timm's eval transform makes them
     (resolve_data_config + create_transform: torchvision's Resize of the shorter side to floor(size / crop_pct) with
     PIL's bilinear filter, then CenterCrop(size)), so the aspect ratio is kept, never squashed. Raises one of
     IMAGE_ERRORS when the file cannot be read as an image, DecompressionBombError when it has more pixels than

@@ -1,6 +1,6 @@
 """Datasets as uint8 tensors, and a loader that keeps a whole split on the training device.
 
-    ds = load_dataset("cifar10")                   # or "cifar100", "imagefolder:PATH", "synthetic"
+    ds = load_dataset("cifar10")                   # or "cifar100", "imagefolder:PATH", "hf:NAME", "synthetic"
     loader = DeviceLoader(ds.train, 128, device="cuda", rank=rank, world_size=world, seed=0)
     for epoch in range(epochs):
         loader.set_epoch(epoch)
@@ -8,7 +8,9 @@
 
 CIFAR comes from the official archives (resnet_lite.data.cifar). `imagefolder:PATH` reads PATH/{train,val,test}/<class>/*
 in torchvision's ImageFolder class order, decodes once and caches the tensors keyed by every file's
-(path, size, mtime). Per-channel mean/std come from the training split and are cached beside the data.
+(path, size, mtime). `hf:NAME[:CONFIG]` reads a dataset in the Hugging Face Hub's format (resnet_lite.data.hub),
+decoded and cached the same way, keyed by the dataset's fingerprint. Per-channel mean/std come from the training split
+and are cached beside the data.
 """
 import hashlib
 import json
@@ -26,9 +28,10 @@ import torch
 from ..errors import UserError
 from ..outputs.files import atomic_write
 from . import cifar
+from .hub import open_hub
 from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 
-SPECS = "cifar10 | cifar100 | imagefolder:PATH | synthetic"
+SPECS = "cifar10 | cifar100 | imagefolder:PATH | hf:NAME[:CONFIG] | synthetic"
 HOLDOUT_SEED = 0  # fixed, so the held-out images are the same whatever the training seed
 CACHE_VERSION = 2  # bump when the decoded-cache format or decoding changes (2: centre crop, not a squash)
 POOL_MIN_IMAGES = 4096  # below this, decoding in this process beats starting workers
@@ -36,12 +39,16 @@ POOL_MIN_IMAGES = 4096  # below this, decoding in this process beats starting wo
 
 @dataclass
 class DataConfig:
-    spec: str = field(default="cifar10", metadata={"help": "dataset: cifar10 | cifar100 | imagefolder:PATH | synthetic"})
+    spec: str = field(default="cifar10", metadata={"help": f"dataset: {SPECS} (a Hugging Face Hub name or a local "
+                                                           "folder datasets.load_dataset reads)"})
     root: str | None = field(default=None, metadata={
         "help": "download/cache dir; null -> $RESNET_LITE_DATA or the user cache dir"})
     image_size: int | None = field(default=None, metadata={
-        "help": "imagefolder images to this square size: the shorter side resized, the centre cut out (as timm's "
-                "eval transform and predict do); null = all must share one size"})
+        "help": "imagefolder and hf: images to this square size: the shorter side resized, the centre cut out (as "
+                "timm's eval transform and predict do); null = all must share one size"})
+    image_column: str | None = field(default=None, metadata={"help": "hf: the image column; null -> img, else image"})
+    label_column: str | None = field(default=None, metadata={
+        "help": "hf: the label column; null -> label, else fine_label"})
     holdout: int = field(default=0, metadata={
         "help": "training images held out (fixed-seed permutation) as a `val` split for model selection"})
     download: bool = field(default=True, metadata={"help": "download CIFAR when it is not in root yet"})
@@ -89,7 +96,8 @@ def load_data(cfg: DataConfig) -> Dataset:
 
 
 def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> Dataset:
-    """Load `spec` (cifar10 | cifar100 | imagefolder:PATH | synthetic); options are the other DataConfig fields."""
+    """Load `spec` (cifar10 | cifar100 | imagefolder:PATH | hf:NAME[:CONFIG] | synthetic); options are the other
+    DataConfig fields."""
     known = {f.name for f in fields(DataConfig)} - {"spec", "root"}
     if unknown := set(options) - known:
         raise UserError(f"unknown data option(s) {sorted(unknown)}; known: {sorted(known)}")
@@ -115,6 +123,15 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
         if val is not None and cfg.holdout:
             raise UserError(f"{path / 'val'} exists and data.holdout={cfg.holdout}; use one of the two (holdout=0 to use the folder)")
         cache = (root, prefix)
+    elif spec.startswith("hf:"):
+        hub = open_hub(spec, cfg.image_column, cfg.label_column)
+        key = hashlib.sha256(f"{hub.fingerprint}/{cfg.image_size}/{CACHE_VERSION}".encode()).hexdigest()[:16]
+        splits = _decoded(root, hub.prefix, key, hub.classes, lambda: _decode_hub(hub, cfg.image_size))
+        name, classes, train, test, val = hub.name, hub.classes, splits["train"], splits["test"], splits.get("val")
+        if val is not None and cfg.holdout:
+            raise UserError(f"{spec} has a validation split and data.holdout={cfg.holdout}; use one of the two "
+                            f"(holdout=0 to use the split)")
+        cache = (root, hub.prefix)
     elif spec == "synthetic":
         size = cfg.image_size or 32
         train, test = _synthetic(cfg.synthetic_train, 0, size), _synthetic(cfg.synthetic_test, 1, size)
@@ -228,28 +245,46 @@ def _load_imagefolder(path: Path, cache_dir: Path, image_size):
     key = _fingerprint(path, all_paths)
     key = hashlib.sha256(f"{key}/{image_size}".encode()).hexdigest()[:16]
     prefix = f"imagefolder-{path.resolve().name}-{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:8]}"
+
+    def decode_all():
+        splits, size = {}, None
+        for split, (_, paths, labels) in listing.items():
+            images, size = _decode_images(paths, image_size, size)
+            splits[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2), torch.tensor(labels))
+        return splits
+
+    return _decoded(cache_dir, prefix, key, classes, decode_all), classes, key, prefix
+
+
+def _decode_hub(hub, image_size) -> dict:
+    splits, size = {}, None
+    for role, (images, labels) in hub.splits.items():
+        decoded, size = _decode_images(images(), image_size, size)
+        splits[role] = Split(torch.from_numpy(decoded).permute(0, 3, 1, 2), torch.tensor(labels))
+    return splits
+
+
+def _decoded(cache_dir: Path, prefix: str, key: str, classes: list[str], decode_all) -> dict:
+    """{split: Split} from `<cache_dir>/<prefix>-<key>.pt` when it holds these classes, else decode_all()'s, written
+    there (and the earlier decodes of `prefix` removed: stale). A cache that cannot be written only warns."""
     cache_file = cache_dir / f"{prefix}-{key}.pt"
     if cache_file.is_file():
         try:
             cached = torch.load(cache_file, weights_only=True)
             if cached["classes"] == classes:
-                return {s: Split(*cached[s]) for s in listing}, classes, key, prefix
+                return {s: Split(*v) for s, v in cached.items() if s != "classes"}
         except Exception:  # a cache from another version, or damaged: decode again
             pass
-
-    splits, size = {}, None
-    for split, (_, paths, labels) in listing.items():
-        images, size = _decode_images(paths, image_size, size)
-        splits[split] = Split(torch.from_numpy(images).permute(0, 3, 1, 2), torch.tensor(labels))
+    splits = decode_all()
     payload = {"classes": classes, **{s: (sp.images, sp.labels) for s, sp in splits.items()}}
     try:
         atomic_write(cache_file, lambda f: torch.save(payload, f))
-        for old in cache_dir.glob(f"{prefix}-*.pt"):  # earlier decodes of this folder, now stale
+        for old in cache_dir.glob(f"{prefix}-*.pt"):
             if old != cache_file:
                 old.unlink(missing_ok=True)
     except OSError as e:
         warnings.warn(f"cannot cache decoded images in {cache_dir} ({e}); set data.root to a writable folder", stacklevel=3)
-    return splits, classes, key, prefix
+    return splits
 
 
 def _decode_chunk(paths, image_size):

@@ -82,6 +82,7 @@ class LiteResNet(nn.Module):
             raise ValueError(f"stem_kernel must be odd to keep the spatial size, got {stem_kernel}")
         dd = dict(device=device, dtype=dtype)
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 

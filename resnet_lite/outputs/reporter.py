@@ -1,18 +1,21 @@
-"""What a run reports, and where: the console, Weights & Biases, metrics.jsonl, curves.png and summary.json.
+"""What a run reports, and where: the console, the trackers (W&B, TensorBoard, ...: log_with), metrics.jsonl,
+curves.png and summary.json.
 
     reporter = Reporter(cfg, run_dir, accelerator, steps_per_epoch=48, state=state)
-    reporter.start(ds, rows, params=n, resume=None, note=None, ...)   # W&B, config.yaml, what runs where
+    reporter.start(ds, rows, params=n, resume=None, note=None, ...)   # trackers, config.yaml, what runs where
     ... train_one_epoch(..., reporter.progress, ...) with reporter.step_log as the loop's per-step logger
     reporter.record_epoch(rows, schedule)                     # metrics.jsonl, curves.png every CURVES_EVERY s
-    reporter.log_epoch(row, step)                             # W&B's row and the console's table row
+    reporter.log_epoch(row, step)                             # the trackers' row and the console's table row
     summary = reporter.summary(ds, rows, result, raw_result, params=n, initial_weights=None)
     reporter.finish(summary, rows, schedule, result, samples) # summary.json, curves.png, W&B media, the final table
 
-Files and W&B are written by the main process; StepLog runs on every process (each row is all processes' mean).
+Files and trackers are written by the main process; StepLog runs on every process (each row is all processes' mean).
 """
 import dataclasses
+import os
 import platform
 import secrets
+import signal
 import time
 from pathlib import Path
 
@@ -21,10 +24,13 @@ from accelerate.utils import gather_object
 
 from ..config import TrainConfig, to_dict, to_yaml
 from ..data.augment import resolve as resolve_augment
+from ..errors import UserError, first_line
 from . import rundir
 from .console import Progress, print_final
 from .files import write_json, write_metrics, write_text
 from .plots import plot_curves
+from .sweep_agent import agent_run
+from .trackers import PROJECT, build_trackers, flat_config
 from .tracking import StepLog, define_wandb_metrics, log_wandb_final, log_wandb_model, wandb_mode, wandb_settings
 
 __all__ = ["Reporter", "device_name", "versions", "wandb_config", "EMA_WARN"]
@@ -34,12 +40,14 @@ EMA_WARN = 0.01  # the EMA's final test accuracy this far below the raw weights'
 
 
 class Reporter:
-    """The console, W&B and the report files of one run in `run_dir`, whose TrainState `state` keeps the W&B id."""
+    """The console, the trackers and the report files of one run in `run_dir`, whose TrainState `state` keeps the W&B
+    id."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, accelerator, *, steps_per_epoch: int, state):
         self.cfg, self.run_dir, self.accelerator, self.state = cfg, Path(run_dir), accelerator, state
         self.is_main = accelerator.is_main_process
-        self.wandb_mode, self.wandb_hint = wandb_mode(cfg.wandb)
+        self.wandb_mode, self.wandb_hint = wandb_mode(cfg.wandb) if "wandb" in cfg.log_with else ("disabled", None)
+        self.wandb_on = self.wandb_mode != "disabled"
         self.steps_per_epoch = steps_per_epoch
         self.progress = Progress(self.is_main, cfg.epochs, steps_per_epoch, done_steps=state.step)
         self.step_log = StepLog(lambda values, step: None, 0)
@@ -47,15 +55,15 @@ class Reporter:
 
     def start(self, ds, rows: list[dict], *, params: int, resume, note: str | None, initial_weights,
               replace_earlier: bool) -> None:
-        """Open the W&B run (with W&B on), then on the main process write the run's first files (write_start) and
-        say what runs where: W&B's console log then holds those lines."""
+        """Start the trackers (W&B with W&B on), then on the main process write the run's first files (write_start)
+        and say what runs where: W&B's console log then holds those lines."""
         cfg, state, accelerator = self.cfg, self.state, self.accelerator
         dataset = {"name": ds.name, "train": len(ds.train), "test": len(ds.test),
                    "val": len(ds.val) if ds.val is not None else 0, "classes": len(ds.classes),
                    "image_size": ds.train.images.shape[-1]}
-        if self.wandb_mode != "disabled":
-            self._start_wandb(wandb_config(cfg, accelerator, params=params, world_size=accelerator.num_processes,
-                                           steps_per_epoch=self.steps_per_epoch, dataset=dataset), ds.val is not None)
+        if self.wandb_on or set(cfg.log_with) - {"wandb"}:
+            self._start_trackers(wandb_config(cfg, accelerator, params=params, world_size=accelerator.num_processes,
+                                              steps_per_epoch=self.steps_per_epoch, dataset=dataset), ds.val is not None)
         self.write_start(rows, replace_earlier)
         where = f"resuming {resume} at epoch {state.epoch + 1} step {state.step}" if resume else "starting"
         lines = [f"{cfg.model} ({params:,} params) on {accelerator.num_processes} x {device_name(accelerator.device)}, "
@@ -68,21 +76,51 @@ class Reporter:
             if line:
                 self.progress.print(line)
 
-    def _start_wandb(self, config: dict, has_val: bool) -> None:
-        """The W&B run (main process; a resume continues it): the resolved config and what the run measured of itself,
-        best values in the summary, a history row every wandb.log_every_steps steps; no console redraws (Progress)."""
+    def _start_trackers(self, config: dict, has_val: bool) -> None:
+        """The trackers of log_with (main process; W&B only with W&B on): each gets the resolved config and what the
+        run measured of itself (flattened for all but W&B), then a history row every wandb.log_every_steps steps;
+        W&B also best values in its summary."""
+        accelerator = self.accelerator
+        names = [name for name in self.cfg.log_with if name != "wandb" or self.wandb_on]
+        # tracker objects in log_with are started as they are: the run directory is known only now
+        accelerator.log_with = build_trackers(names, self.run_dir, wandb_kwargs=self._wandb_kwargs(),
+                                              resumed_at=self.state.step)
+        try:
+            accelerator.init_trackers(PROJECT)
+        except Exception as e:  # a tracker's own configuration (a server, a store, a login) is the user's to fix
+            raise UserError(f"the trackers {', '.join(names)} did not all start: {first_line(e, 400)}; fix that "
+                            f"tracker's setup or drop it from --log-with") from None
+        for tracker in accelerator.trackers:  # the main process's
+            tracker.store_init_configuration(config if tracker.name == "wandb" else flat_config(config))
+        if self.wandb_on and self.is_main:
+            run = accelerator.get_tracker("wandb", unwrap=True)
+            self.state.wandb_id = run.id  # the agent's under a sweep: a resume outside it continues that run
+            define_wandb_metrics(run, has_val)
+        # on every process (each row's loss is all processes' mean); accelerator.log writes on the main one only
+        self.step_log = StepLog(accelerator.log, self.cfg.wandb.log_every_steps, accelerator.num_processes)
+
+    def _wandb_kwargs(self) -> dict | None:
+        """wandb.init's arguments (a resume continues the run: its id is kept in checkpoints); no console redraws
+        (Progress). None with W&B off."""
+        if not self.wandb_on:
+            return None
         import wandb
 
         state = self.state
-        state.wandb_id = state.wandb_id or secrets.token_hex(4)  # kept in checkpoints: a resume continues it
-        names = wandb_settings(self.cfg.wandb, self.run_dir)
-        self.accelerator.init_trackers(names.pop("project"), config=config, init_kwargs={"wandb": dict(
-            names, dir=str(self.run_dir), mode=self.wandb_mode, id=state.wandb_id, resume="allow",
-            settings=wandb.Settings(console="wrap"))})  # wraps sys.stdout: not the bar's copy
-        if self.is_main:
-            define_wandb_metrics(self.accelerator.get_tracker("wandb", unwrap=True), has_val)
-        # on every process (each row's loss is all processes' mean); accelerator.log writes on the main one only
-        self.step_log = StepLog(self.accelerator.log, self.cfg.wandb.log_every_steps, self.accelerator.num_processes)
+        state.wandb_id = state.wandb_id or secrets.token_hex(4)
+        kwargs = dict(wandb_settings(self.cfg.wandb, self.run_dir), dir=str(self.run_dir), mode=self.wandb_mode,
+                      id=state.wandb_id, resume="allow",
+                      settings=wandb.Settings(console="wrap"))  # wraps sys.stdout: not the bar's copy
+        if agent := agent_run():  # the agent's run, as the sweep names it
+            kwargs = agent.wandb_kwargs(kwargs, named=bool(self.cfg.wandb.name or os.environ.get("WANDB_NAME")))
+        return kwargs
+
+    def mark_preempting(self, signum: int) -> None:
+        """A run of a W&B sweep stopped by SIGUSR1 (a preemption's warning, as Slurm's --signal sends it) asks W&B to
+        requeue it: an agent then starts it again and it resumes (resnet_lite.outputs.sweep_agent). SIGTERM is how the
+        agent itself stops a run (early termination): that one stays stopped."""
+        if self.is_main and self.wandb_on and signum == signal.SIGUSR1 and agent_run():
+            self.accelerator.get_tracker("wandb", unwrap=True).mark_preempting()
 
     def write_start(self, rows: list[dict], replace_earlier: bool) -> None:
         """Main process, once the inputs are checked: with --overwrite the earlier run's files go (rundir.clear_run);
@@ -143,7 +181,7 @@ class Reporter:
             return
         write_json(summary, self.run_dir / rundir.SUMMARY)
         plot_curves(rows, self.run_dir / rundir.CURVES, self.run_dir.name, schedule())
-        if self.wandb_mode != "disabled":
+        if self.wandb_on:
             run = self.accelerator.get_tracker("wandb", unwrap=True)
             log_wandb_final(run, self.run_dir / rundir.CURVES, result["confusion"], self.classes, samples())
             if self.cfg.wandb.log_model:

@@ -11,7 +11,9 @@
         evaluation-*.json, confusion-*.png   resnet_lite.evaluate's results
         train.log                  a sweep's console of the run
         .lock                      held by the trainer writing the run
-        wandb/
+        wandb/, tensorboard/, dvclive/, .aim/   the trackers' own files (log_with: resnet_lite.outputs.trackers)
+        profile/trace-rank<R>.json, profile/ops-rank<R>.txt   --profile N: each process's torch.profiler trace and top
+                                   operators (resnet_lite.training.profiling)
 
 The rules, for every command that writes here (train, sweep) or reads "a run" (evaluate, predict, export, fine-tuning):
 - A directory that holds a run is continued only with --resume and replaced only with --overwrite, which removes the
@@ -35,12 +37,15 @@ from pathlib import Path
 
 from ..errors import UserError
 
-__all__ = ["CONFIG", "METRICS", "SUMMARY", "CURVES", "CHECKPOINTS", "TRAIN_LOG", "LOCK", "WEIGHTS", "CONFIG_HEADER",
-           "RUN_OR_WEIGHTS", "default_path", "run_of", "weights_file", "evaluation_files", "held_run", "only_a_start",
-           "clear_run", "check_writable", "claim", "claimed", "RunLock"]
+__all__ = ["CONFIG", "METRICS", "SUMMARY", "CURVES", "CHECKPOINTS", "TRAIN_LOG", "LOCK", "TENSORBOARD", "DVCLIVE",
+           "PROFILE", "WEIGHTS", "CONFIG_HEADER", "RUN_OR_WEIGHTS", "default_path", "run_of", "profile_files",
+           "weights_file", "evaluation_files", "held_run", "only_a_start", "clear_run", "check_writable", "claim",
+           "claimed", "RunLock"]
 
 CONFIG, METRICS, SUMMARY, CURVES = "config.yaml", "metrics.jsonl", "summary.json", "curves.png"
 CHECKPOINTS, TRAIN_LOG, LOCK = "checkpoints", "train.log", ".lock"
+TENSORBOARD, DVCLIVE = "tensorboard", "dvclive"  # the trackers' folders (resnet_lite.outputs.trackers)
+PROFILE = "profile"
 WEIGHTS = {"last": "model_last.safetensors", "best": "model_best.safetensors"}
 EXPORTED = ("config.json", "model.safetensors")  # a timm-style folder written by `export --format safetensors`
 EVALUATIONS = ("evaluation-*.json", "confusion-*.png")
@@ -61,6 +66,12 @@ def run_of(checkpoint) -> Path:
     """The run directory a checkpoint file belongs to."""
     checkpoint = Path(checkpoint)
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINTS else checkpoint.parent
+
+
+def profile_files(run_dir, rank: int) -> tuple[Path, Path]:
+    """The Chrome trace and the operator table of process `rank`'s profile (--profile N)."""
+    folder = Path(run_dir) / PROFILE
+    return folder / f"trace-rank{rank}.json", folder / f"ops-rank{rank}.txt"
 
 
 def weights_file(path, which: str = "last") -> Path:

@@ -65,8 +65,9 @@ class Loop:
     wrapped: torch.nn.Module  # what the steps call: `model` behind DDP and/or torch.compile
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    criterion: Callable  # summed loss over a micro-batch
+    criterion: Callable  # summed loss over a micro-batch: (logits, labels, or mix's soft targets)
     augment: Callable  # (uint8 images, generator) -> float input
+    mix: Callable | None = None  # (input, labels, generator) -> (mixed input, soft targets): data.mix, or None
     generator: torch.Generator
     seed: int
     grad_accum: int = 1
@@ -75,6 +76,7 @@ class Loop:
     stop_check_every: int = 1  # steps between stop checks (checkpoints and an epoch's last step always check)
     ema_update: Callable | None = None  # (step) after each optimizer step: the weight average's update, or None
     step_log: Callable | None = None  # (step, loss_sum on the device, images, lr) after each step: tracking.StepLog
+    profile_step: Callable | None = None  # () after each step: profiling.StepProfiler.step with --profile, else None
     after_step: Callable | None = None  # a test hook (resnet_lite.hooks.step_hook), None in real runs
 
 
@@ -114,12 +116,14 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
     loop.wrapped.train()
     for batch, (images, labels) in enumerate(itertools.islice(loader, skip, None), start=skip):
         loop.generator.manual_seed(step_seed(loop.seed, rank, state.step))
-        x = loop.augment(images, loop.generator)
+        x, targets = loop.augment(images, loop.generator), labels
+        if loop.mix is not None:  # after the augmentation's draws, from the same generator
+            x, targets = loop.mix(x, labels, loop.generator)
         if loop.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         n = len(labels)
         chunks = min(loop.grad_accum, n)
-        for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), labels.tensor_split(chunks))):
+        for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), targets.tensor_split(chunks))):
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with nullcontext() if i == chunks - 1 else accelerator.no_sync(loop.wrapped):
                 with accelerator.autocast():
@@ -139,6 +143,8 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
         progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
         if loop.step_log:
             loop.step_log(state.step, loss_sum, seen, lr)
+        if loop.profile_step:
+            loop.profile_step()
         if loop.after_step:
             loop.after_step(state.step)
         last = batch + 1 == steps

@@ -26,7 +26,7 @@ import torch.distributed as dist
 from .distributed import DeferredReduce
 
 __all__ = ["EXIT_PREEMPTED", "EXIT_NONFINITE", "STOP_SIGNALS", "StopFlag", "Stop", "StopCheck", "Preempted",
-           "NonFiniteLoss", "stop_signals"]
+           "NonFiniteLoss", "stop_signals", "stop_with_parent"]
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL (sysexits.h): "try again later", i.e. resume with --resume; launch/ requeues on it
 EXIT_NONFINITE = 3
@@ -68,6 +68,19 @@ def stop_signals(signals=STOP_SIGNALS):
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def stop_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Have the kernel send `signum` to this process when its parent process ends (Linux's PR_SET_PDEATHSIG); False
+    where that cannot be set. `wandb agent` stops a run with SIGTERM to the process it started: the launcher, which
+    dies of it and would leave the trainer running, orphaned, beside the agent's next run."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(1, int(signum), 0, 0, 0) == 0  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux
+        return False
 
 
 @dataclass

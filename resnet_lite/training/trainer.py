@@ -21,9 +21,10 @@ from accelerate.utils import set_seed
 
 from .. import hooks
 from ..config import TrainConfig
-from ..data.augment import build_augment
+from ..data.augment import build_augment, resolve
 from ..data.images import build_normalize
 from ..data.loader import DeviceLoader
+from ..data.mix import build_mix, soft_target_loss
 from ..data.sources import load_data
 from ..errors import UserError, first_line
 from ..models.lite import create_model
@@ -34,11 +35,13 @@ from ..outputs import rundir
 from ..outputs.checkpoint import load_checkpoint
 from ..outputs.files import read_metrics
 from ..outputs.reporter import Reporter
+from ..outputs.trackers import require_installed
 from .checkpointing import Checkpointer
 from .distributed import average_bn_stats
 from .ema import build_ema, update_ema
 from .engine import DIVERGED, STOPPED, EpochResult, Loop, evaluate_loader, train_one_epoch
 from .optim import build_optimizer, build_scheduler
+from .profiling import StepProfiler
 from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
 from .state import TrainState
 
@@ -57,8 +60,8 @@ class Trainer:
     # configuration: cfg, run_dir, resume, overwrite; processes: accelerator, rank, world, device, is_main, stop_flag
     # data: ds, train_loader, test_loader, val_loader, steps_per_epoch, num_classes, image_size, normalize
     # network: model, ema, evaluated, evaluator, raw_evaluator, wrapped, params, initial_weights
-    # the run: optimizer, scheduler, state, rows, checkpointer (saving, restoring), reporter (console, W&B, files),
-    #          loop (what every step uses), check (stop signals, non-finite losses)
+    # the run: optimizer, scheduler, state, rows, checkpointer (saving, restoring), reporter (console, trackers, files),
+    #          profiler (--profile), loop (what every step uses), check (stop signals, non-finite losses)
 
     def __init__(self, cfg: TrainConfig, accelerator: Accelerator, run_dir, resume=None,
                  stop_flag: StopFlag | None = None, overwrite: bool = False):
@@ -169,14 +172,22 @@ class Trainer:
         # with an EMA, the raw weights are evaluated beside it: an average that lags them shows (ema.eval_raw)
         self.raw_evaluator = TTA(compiled(self.model), cfg.tta) if self.ema is not None and cfg.ema.eval_raw else None
         total = cfg.epochs * self.steps_per_epoch
+        # with MixUp/CutMix the targets are soft, label smoothing folded into them (timm's Mixup and
+        # SoftTargetCrossEntropy); without, the hard labels' loss
+        mix = build_mix(resolve(cfg.augment), self.num_classes, cfg.label_smoothing)
+        criterion = soft_target_loss if mix else torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
+                                                                           reduction="sum")
         self.wrapped = compiled(self.prepared)
+        self.profiler = StepProfiler(cfg.profile, self.run_dir, self.rank, self.device, start_step=self.state.step,
+                                     say=self.reporter.progress.print) if cfg.profile else None
         self.loop = Loop(
             accelerator=self.accelerator, model=self.model, wrapped=self.wrapped, optimizer=self.optimizer,
-            scheduler=self.scheduler, augment=build_augment(cfg.augment, self.ds.mean, self.ds.std),
-            criterion=torch.nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing, reduction="sum"),
+            scheduler=self.scheduler, augment=build_augment(cfg.augment, self.ds.mean, self.ds.std), mix=mix,
+            criterion=criterion,
             generator=torch.Generator(device=self.device), seed=cfg.seed, grad_accum=cfg.grad_accum,
             channels_last=cfg.channels_last, checkpoint_every_steps=cfg.checkpoint_every_steps,
             stop_check_every=cfg.stop_check_every, step_log=self.reporter.step_log, after_step=hooks.step_hook(),
+            profile_step=self.profiler.step if self.profiler else None,
             ema_update=None if self.ema is None else functools.partial(update_ema, self.ema, self.model, cfg.ema,
                                                                        total=total))
 
@@ -212,6 +223,7 @@ class Trainer:
             if epoch + 1 < cfg.epochs and (stop := self.check(state.step, done.lr, done.loss_sum, wait=True)):
                 self._end_run(stop, saved if saving else self._save(epoch + 1, 0, 0.0, 0), epoch)  # a signal during
         self.check.close()  # the evaluation, or in the epoch's last step
+        self._close_profiler()
         self.reporter.close()
         state.elapsed += time.perf_counter() - self.t_start
         return self._finish()
@@ -272,18 +284,24 @@ class Trainer:
     def _end_run(self, stop, saved: Path | None, epoch: int) -> None:
         """End the run on every process (raises what main() turns into the exit code), once `saved` is written."""
         self.check.close()
+        self._close_profiler()
         self.reporter.close()
         if stop.diverged:
             good = self.checkpointer.last_good()
             raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
                                 f"without saving it: {f'the last good checkpoint is {good}' if good else 'no checkpoint yet'}"
                                 f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
+        self.reporter.mark_preempting(stop.signum)
         indices = self.first_indices if self.first_indices is not None else self.train_loader.local_indices()
         self._rank_report(indices, stopped=stop.signal_name)
         self.accelerator.wait_for_everyone()  # no process exits (a launcher then kills the rest) before the file is whole
         other = "" if self.stop_flag.signum else " on another process"
         raise Preempted(f"stopped by {stop.signal_name}{other} after step {self.state.step} (epoch {epoch + 1}); saved "
                         f"{saved}; continue with: python -m resnet_lite.train --output-dir {self.run_dir} --resume")
+
+    def _close_profiler(self) -> None:
+        if self.profiler is not None:
+            self.profiler.close()
 
     def _rank_report(self, train_indices, **extra) -> None:
         hooks.rank_report(self.rank, self.world, self.state.step, self.model, train_indices, self.test_loader,
@@ -320,7 +338,7 @@ def sample_predictions(evaluator, evaluated, normalize, split, accelerator, chan
 
 def check_inputs(cfg: TrainConfig, accelerator: Accelerator, checkpoint: dict | None, resume) -> None:
     """The mistakes that need no data: a launcher Accelerate cannot see, settings this machine cannot run, an unknown
-    model, a checkpoint of another run."""
+    model, a tracker not installed, a checkpoint of another run."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:  # every process would train the whole set alone, in one folder
         raise UserError(f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees one; launch "
@@ -330,6 +348,7 @@ def check_inputs(cfg: TrainConfig, accelerator: Accelerator, checkpoint: dict | 
         raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
     with torch.device("meta"):  # an unknown model fails now, not after a download
         create_model(cfg.model)
+    require_installed(cfg.log_with)
     if cfg.pretrained and not checkpoint:
         pretrained_source(cfg.model, cfg.pretrained_path)  # models without weights, a missing file
     if checkpoint and checkpoint["config"]["model"] != cfg.model:
