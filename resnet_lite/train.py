@@ -52,13 +52,13 @@ from .errors import UserError
 from .models.lite import create_model
 from .models.tools import count_params
 from .outputs import rundir
-from .outputs.checkpoint import resumable_checkpoint
+from .outputs.checkpoint import load_checkpoint, resumable_checkpoint
 from .outputs.console import console
 from .outputs.tracking import wandb_mode
 from .report import SEED_TABLE
-from .training.distributed import accelerator_session, resolve_mixed_precision
+from .training.distributed import accelerator_session, agree, resolve_mixed_precision
 from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals
-from .training.trainer import Trainer
+from .training.trainer import Trainer, check_inputs
 
 __all__ = ["train", "main"]
 
@@ -82,12 +82,22 @@ def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
         intent = "resume" if resume else "overwrite" if overwrite else "new"
     if resume and overwrite:
         raise UserError(f"--resume continues {resume} but --overwrite would start its run again; give one of them")
+    error = None
+    try:  # before the processes connect; under a launcher they stop together once connected (agree)
+        check_inputs(cfg, load_checkpoint(resume) if resume else None, resume)
+    except UserError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise
+        error = str(e)
     logging = wandb_mode(cfg.wandb)[0] != "disabled"
     with stop_signals() as stop_flag, accelerator_session(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision), log_with="wandb" if logging else None,
             # the batch size is global: Accelerate would step a prepared scheduler once per process
             step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
+        agree(accelerator, error)
         with rundir.claimed(cfg.output_dir, cfg.name or cfg.model, accelerator, intent, resume) as run_dir:
+            if intent == "resume" and resume is None:
+                _print_main(f"no checkpoint in {run_dir} yet: starting a new run", file=sys.stdout)
             return Trainer(cfg, accelerator, run_dir, resume, stop_flag, overwrite=overwrite).fit()
 
 
@@ -187,8 +197,6 @@ def main(argv=None):
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
-    if args.resume and not found:
-        _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
     try:
         train(cfg, resume=found[0] if found else bool(args.resume), overwrite=args.overwrite)
     except Preempted as e:
