@@ -123,10 +123,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="a YAML file of settings")
     p.add_argument("--data", metavar="SPEC", help=f"dataset: {SPECS} (default cifar10)")
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="GLOBAL images per optimizer step, over all processes")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training split (epochs; the preset's, else 70). A run shorter than its preset "
+                        "planned keeps a whole schedule: the warm-up takes at most a quarter of it "
+                        "(schedule.warmup_max_fraction), and the console says so")
+    p.add_argument("--batch-size", type=int, metavar="N", help="GLOBAL images per optimizer step, over all processes")
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="the random seed of the weights, the data order and the augmentation (seed; default 0)")
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"], metavar="MODE",
                    help="W&B logging: online, offline or disabled (wandb.mode; default: online if logged in)")

@@ -66,7 +66,7 @@ def test_ddp_gets_its_settings_in_two_gloo_processes(tmp_path):
         proc = subprocess.run(cmd, cwd=tmp_path, env=_env(ACCELERATE_USE_CPU="true",
                               RESNET_LITE_RANK_REPORT=str(report / name)), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        assert "FutureWarning" not in proc.stderr, proc.stderr[-3000:]  # torch's, once per process, for broadcast_buffers
+        assert "FutureWarning" not in proc.stderr, proc.stderr[-3000:]  # torch's for broadcast_buffers, per process
     default, changed = (json.loads((report / name / "rank1.json").read_text())["ddp"] for name in settings)
     assert default == {"static_graph": True, "bucket_bytes_cap": 4 * 2**20, "broadcast_buffers": False,
                        "gradient_as_bucket_view": True}

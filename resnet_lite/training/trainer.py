@@ -40,7 +40,7 @@ from .checkpointing import Checkpointer
 from .distributed import average_bn_stats, main_process_first
 from .ema import build_ema, update_ema
 from .engine import DIVERGED, STOPPED, EpochResult, Loop, evaluate_loader, train_one_epoch
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, warmup_note
 from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
 from .state import TrainState
 
@@ -78,16 +78,17 @@ class Trainer:
         self._load_data()
         self._build_model(checkpoint)
         self._build_optimizer()
-        self.state, note = TrainState(), None
+        self.state = TrainState()
+        notes = [warmup_note(cfg.schedule, self.steps_per_epoch, cfg.epochs)]
         self.checkpointer = Checkpointer(
             cfg, self.run_dir, accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             ema=self.ema, state=self.state, classes=self.ds.classes, initial_weights=self.initial_weights,
             steps_per_epoch=self.steps_per_epoch, meta=self._weights_metadata())
         if checkpoint:
-            note = self.checkpointer.restore(checkpoint)
+            notes.append(self.checkpointer.restore(checkpoint))
         self.rows = [r for r in read_metrics(self.run_dir / rundir.METRICS) if r["epoch"] <= self.state.epoch] \
             if checkpoint else []
-        self._start_report(note)
+        self._start_report([n for n in notes if n])
         self._build_loop()
 
     # ------------------------------------------------------------------------------------------ building
@@ -157,10 +158,10 @@ class Trainer:
                 "image_size": self.image_size, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
                 "ema": self.cfg.ema.enabled}
 
-    def _start_report(self, note: str | None) -> None:
+    def _start_report(self, notes: list[str]) -> None:
         self.reporter = Reporter(self.cfg, self.run_dir, self.accelerator, steps_per_epoch=self.steps_per_epoch,
                                  state=self.state)
-        self.reporter.start(self.ds, self.rows, params=self.params, resume=self.resume, note=note,
+        self.reporter.start(self.ds, self.rows, params=self.params, resume=self.resume, notes=notes,
                             initial_weights=self.initial_weights, replace_earlier=self.overwrite and self.resume is None)
 
     def _build_loop(self) -> None:
