@@ -39,6 +39,8 @@ Exit codes:
 
 The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks: resnet_lite.hooks.
 """
+import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -53,7 +55,7 @@ from .models.lite import create_model
 from .models.tools import count_params
 from .outputs import rundir
 from .outputs.checkpoint import load_checkpoint, resumable_checkpoint
-from .outputs.console import console
+from .outputs.console import console, counted
 from .outputs.tracking import wandb_mode
 from .report import SEED_TABLE
 from .training.distributed import accelerator_session, agree, resolve_mixed_precision
@@ -142,7 +144,8 @@ def build_parser() -> ArgumentParser:
                         "such a directory is an error: continue it with --resume or choose another)")
     p.add_argument("--list", action="store_true", help="print the presets as a table and exit")
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved settings as YAML (what the run's config.yaml holds) and exit without training")
+                   help="print the resolved settings as YAML and exit without training: what the run's config.yaml "
+                        "would hold, with output_dir the folder the run would go to (config.yaml leaves it null)")
     return p
 
 
@@ -198,8 +201,12 @@ def main(argv=None):
                             f"resume without it (the run keeps its own config), or start a new run in another --output-dir")
         flags["output_dir"] = args.output_dir or str(rundir.run_of(found[0]))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
+    if args.print_config:  # output_dir filled in: where a run started now would go
+        print(to_yaml(dataclasses.replace(cfg, output_dir=cfg.output_dir or str(rundir.default_path(
+            cfg.name or cfg.model)))), end="")
+        return 0
+    if found and _is_finished(found, cfg):
+        _print_main(_finished(found[1]["epoch"], cfg), file=sys.stdout)  # no W&B run, no table: nothing ran
         return 0
     try:
         train(cfg, resume=found[0] if found else bool(args.resume), overwrite=args.overwrite)
@@ -210,6 +217,27 @@ def main(argv=None):
         _print_main(f"error: {e}")
         sys.exit(EXIT_NONFINITE)
     return 0
+
+
+def _is_finished(found: tuple, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint `found` (file, state) ends its own run, which has trained cfg.epochs and written its
+    summary (a run stopped after its last checkpoint goes on to write that; another run's folder is refused later)."""
+    (path, state), run = found, Path(cfg.output_dir)
+    return (state["epoch"] >= cfg.epochs and not state["batch"] and rundir.run_of(path).resolve() == run.resolve()
+            and (run / rundir.SUMMARY).is_file())
+
+
+def _finished(done: int, cfg: TrainConfig) -> str:
+    """What --resume of a run that has trained all its epochs says."""
+    summary = Path(cfg.output_dir) / rundir.SUMMARY
+    try:
+        acc = f", final test accuracy {100 * json.loads(summary.read_text())['final_test_acc']:.2f}%"
+    except (OSError, ValueError, KeyError, TypeError):
+        acc = ""
+    asked = "" if done == cfg.epochs else f" (--epochs {cfg.epochs} asks for no more)"
+    return (f"{cfg.output_dir} is finished: {counted(done, 'epoch')} trained{acc}{asked}; nothing to resume. To train "
+            f"it longer, resume it with more epochs: python -m resnet_lite.train --output-dir {cfg.output_dir} --resume "
+            f"--epochs {2 * done}")
 
 
 def _print_main(text: str, file=None) -> None:

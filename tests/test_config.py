@@ -247,6 +247,11 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path, caps
     assert e.value.code == 2 and "did you mean 'optim.lr'?" in capsys.readouterr().err
 
 
+def test_print_config_without_output_dir_shows_where_a_run_would_go(capsys):
+    assert train_main(["--print-config", "--variant", "fast"]) == 0
+    assert re.fullmatch(r"runs/fast-\d{8}-\d{6}(-\d+)?", load_yaml(capsys.readouterr().out)["output_dir"])
+
+
 def test_print_config_with_resume_shows_the_runs_config_changed_by_the_command_line(tiny_run, capsys):
     saved = load_yaml((tiny_run / "config.yaml").read_text())
     checkpoints = sorted(p.name for p in (tiny_run / "checkpoints").iterdir())

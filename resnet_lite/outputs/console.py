@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-__all__ = ["Progress", "fmt_time", "print_final", "console"]
+__all__ = ["Progress", "fmt_time", "counted", "print_final", "console"]
 
 
 def console(width: int = 120):
@@ -19,6 +19,11 @@ def console(width: int = 120):
 
 PLAIN_EVERY = 30.0  # seconds between plain progress lines
 REFRESH_EVERY = 0.5  # seconds between reads of the running loss: each read waits for the device
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def fmt_time(seconds: float) -> str:
@@ -151,7 +156,7 @@ def print_final(summary: dict, classes: list[str]) -> None:
     """The final table: accuracies, time, and accuracy per class."""
     from rich.table import Table
 
-    table = Table(title=f"{summary['model']}: {summary['epochs']} epochs, {summary['run_dir']}")
+    table = Table(title=f"{summary['model']}: {counted(summary['epochs'], 'epoch')}, {summary['run_dir']}")
     table.add_column("")
     table.add_column("value", justify="right")
     which = " (EMA)" if summary.get("ema") else ""
