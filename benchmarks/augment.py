@@ -1,10 +1,10 @@
-"""Images/s of the batched `seed` augmentation against the seed's own per-image PIL pipeline, same CPU, one run.
+"""Images/s of the batched `report` augmentation against the report's own per-image PIL pipeline, same CPU, one run.
 
     python benchmarks/augment.py            # full: 50k-image epoch for ours, 10,240 images per baseline
     python benchmarks/augment.py --quick    # a few seconds
     python benchmarks/augment.py --compile  # also torch.compile'd (inductor; about 20 s to compile on 2 cores)
 
-The baseline is what the seed ran: a Dataset returning torchvision's RandomRotation(5) ->
+The baseline is what the report's notebook ran: a Dataset returning torchvision's RandomRotation(5) ->
 RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2) -> ToTensor -> Normalize on one
 PIL image at a time, batched by a shuffling DataLoader (default num_workers=0; 2 also reported, worker
 start-up included as in a non-persistent epoch). Ours includes the per-batch index gather from a shuffled
@@ -29,7 +29,7 @@ from PIL import Image
 
 from resnet_lite.data.augment import build_augment
 
-MEAN = (0.4914, 0.4821, 0.4465)  # the seed's CIFAR-10 statistics
+MEAN = (0.4914, 0.4821, 0.4465)  # the report's CIFAR-10 statistics
 STD = (0.2470, 0.2434, 0.2615)
 EPOCH = 50_000
 
@@ -40,7 +40,7 @@ def find_tarball():
 
 
 def load_images(count, synthetic):
-    """uint8 count x 32 x 32 x 3 (HWC, as the seed's CIFAR10 dataset holds them) and a description."""
+    """uint8 count x 32 x 32 x 3 (HWC, as the notebook's CIFAR10 dataset holds them) and a description."""
     tarball = None if synthetic else find_tarball()
     if tarball is None:
         rng = np.random.default_rng(0)
@@ -55,7 +55,7 @@ def load_images(count, synthetic):
     return np.stack(images), f"{len(images)} CIFAR-10-JPEG train images from {tarball.name}"
 
 
-class SeedDataset(torch.utils.data.Dataset):
+class NotebookDataset(torch.utils.data.Dataset):
     """torchvision.datasets.CIFAR10's __getitem__: PIL image from HWC uint8, then the transform."""
 
     def __init__(self, images, transform):
@@ -74,12 +74,12 @@ def rates(batch_times, count):
     return count / sum(batch_times), per_batch / statistics.median(batch_times)
 
 
-def seed_pipeline_rate(images, batch_size, workers):
+def notebook_pipeline_rate(images, batch_size, workers):
     transform = T.Compose([
         T.RandomRotation(5), T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4),
         T.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2), T.ToTensor(), T.Normalize(MEAN, STD),
     ])
-    loader = torch.utils.data.DataLoader(SeedDataset(images, transform), batch_size, shuffle=True,
+    loader = torch.utils.data.DataLoader(NotebookDataset(images, transform), batch_size, shuffle=True,
                                          num_workers=workers, drop_last=True)
     times, last = [], time.perf_counter()
     for _ in loader:  # worker start-up lands in the first batch, as in a non-persistent epoch
@@ -129,29 +129,30 @@ def main():
     images, source = load_images(10_000 if not args.quick else 2048, args.synthetic)
     print(f"data      {source}; batch size {bs}")
 
-    base = {w: seed_pipeline_rate(images[:baseline_count], bs, w) for w in (0, 2)}
+    base = {w: notebook_pipeline_rate(images[:baseline_count], bs, w) for w in (0, 2)}
     for w, (wall, med) in base.items():
-        print(f"seed pipeline, PIL per image, DataLoader num_workers={w}: {wall:10,.0f} images/s "
+        print(f"report's pipeline, PIL per image, DataLoader num_workers={w}: {wall:10,.0f} images/s "
               f"(median batch {med:,.0f})  {baseline_count} images")
 
     reps = -(-EPOCH // len(images)) if not args.quick else 1
     data = torch.from_numpy(np.ascontiguousarray(np.tile(images, (reps, 1, 1, 1))[:EPOCH if not args.quick else None]))
     data = data.permute(0, 3, 1, 2).contiguous()  # N x 3 x 32 x 32 uint8, as resnet_lite.data holds it
-    seed = build_augment("seed", MEAN, STD)
+    report = build_augment("report", MEAN, STD)
     fast = build_augment("fast", MEAN, STD)
     rows = []
     threads = torch.get_num_threads()
     for t in sorted({1, threads}):  # 1 thread: the one core the workers=0 baseline uses
         torch.set_num_threads(t)
-        rows.append((f"seed preset, batched, CPU eager, {t} thread(s)", batched_rate(seed, data, bs, ours_count, repeats)))
+        rows.append((f"report preset, batched, CPU eager, {t} thread(s)",
+                     batched_rate(report, data, bs, ours_count, repeats)))
         rows.append((f"fast preset, batched, CPU eager, {t} thread(s)", batched_rate(fast, data, bs, ours_count, repeats)))
     torch.set_num_threads(threads)
     if args.compile:
-        compiled = torch.compile(seed)
+        compiled = torch.compile(report)
         start = time.perf_counter()
         compiled(data[:bs], torch.Generator().manual_seed(0))
         print(f"torch.compile warm-up {time.perf_counter() - start:.1f} s")
-        rows.append(("seed preset, batched, CPU torch.compile", batched_rate(compiled, data, bs, ours_count, repeats)))
+        rows.append(("report preset, batched, CPU torch.compile", batched_rate(compiled, data, bs, ours_count, repeats)))
     print(f"ours: {ours_count} images x {repeats} passes; ratios are wall over wall (median batch over median batch)")
     for name, (wall, med) in rows:
         print(f"{name}: {wall:10,.0f} images/s (median batch {med:,.0f})  "
@@ -163,7 +164,7 @@ def main():
         generator = torch.Generator(device="cuda").manual_seed(0)
         for batch_size in (bs, 5000):
             perm = torch.randperm(len(gpu_data), device="cuda", generator=generator)
-            epoch = lambda: [seed(gpu_data[perm[i:i + batch_size]], generator) for i in range(0, len(perm), batch_size)]
+            epoch = lambda: [report(gpu_data[perm[i:i + batch_size]], generator) for i in range(0, len(perm), batch_size)]
             epoch()  # warm-up: kernels, caching allocator
             times = []
             for _ in range(3):
@@ -173,7 +174,7 @@ def main():
                 torch.cuda.synchronize()
                 times.append(time.perf_counter() - start)
             best = min(times)
-            print(f"seed preset, whole {len(gpu_data)}-image epoch on {gpu}, batch {batch_size}: "
+            print(f"report preset, whole {len(gpu_data)}-image epoch on {gpu}, batch {batch_size}: "
                   f"{len(gpu_data) / best:12,.0f} images/s ({best * 1e3:.1f} ms per epoch, best of 3)")
     print(f"load average {os.getloadavg()[0]:.2f} at end (other processes on these cores distort every figure)")
 

@@ -61,7 +61,7 @@ test_loss.__test__ = False  # a helper, not a test
 
 
 @pytest.mark.parametrize("name", FAST_PRESETS)
-def test_fast_preset_is_the_recipe_on_the_seed_network(name):
+def test_fast_preset_is_the_recipe_on_the_reports_network(name):
     cfg = resolve_config(name)
     assert cfg.model == "lite_r4b2" and cfg.drop_rate == 0.0  # the architecture untouched
     assert cfg.mixed_precision == "auto" and cfg.channels_last and cfg.compile and cfg.drop_last

@@ -233,9 +233,9 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
         rows = list(csv.DictReader(f))
     assert [(r["run"], r["preset"], r["optim.lr"], r["seed"], r["status"]) for r in rows] == [
         ("lr0.01-seed0", "model5", "0.01", "0", "finished"), ("lr0.003-seed0", "model5", "0.003", "0", "finished")]
-    assert "seed_acc" not in rows[0] and "lr" not in rows[0]  # the seed's Table 1 does not speak for changed runs
+    assert "report_acc" not in rows[0] and "lr" not in rows[0]  # the report's Table 1 does not speak for changed runs
     md = (out / "results.md").read_text()
-    assert "| run | preset | optim.lr | seed | variant | epochs |" in md and "seed acc" not in md
+    assert "| run | preset | optim.lr | seed | model | epochs |" in md and "report acc" not in md
     assert (out / "results.png").stat().st_size > 0
 
     third = subprocess.run([*cmd, "--wait"], env=env, capture_output=True, text=True, timeout=120)

@@ -57,9 +57,10 @@ def same_weights(a, b):
 # ---------------------------------------------------------------------------------------------- optim
 
 
-def test_seed_cosine_is_the_seeds_per_batch_cosine_annealing():
+def test_report_cosine_is_the_notebooks_per_batch_cosine_annealing():
     model = torch.nn.Linear(2, 2)
-    ours = build_scheduler(torch.optim.Adam(model.parameters(), lr=0.01), ScheduleConfig("seed_cosine", t_max=200), 391, 2)
+    schedule = ScheduleConfig("report_cosine", t_max=200)
+    ours = build_scheduler(torch.optim.Adam(model.parameters(), lr=0.01), schedule, 391, 2)
     seed_opt = torch.optim.Adam(model.parameters(), lr=0.01)
     seed = torch.optim.lr_scheduler.CosineAnnealingLR(seed_opt, T_max=200, eta_min=0)
     for step in range(782):  # two epochs at batch 128: the lr reaches 0 at step 200 and climbs back by 400
@@ -287,7 +288,11 @@ def test_list_prints_the_presets(capsys):
     out = capsys.readouterr().out
     for i in range(9):
         assert f"model{i}" in out
-    assert "2,799,146" in out and "4,587,306" in out and "91.47" in out and "seed_cosine" in out
+    assert "2,799,146" in out and "4,587,306" in out and "91.47" in out and "report_cosine" in out
+    header = next(line for line in out.splitlines() if "preset" in line and "params" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "preset", "model", "params", "batch", "eval batch", "optimizer", "lr", "epochs", "schedule", "report acc %"]
+    assert "seed" not in out  # the random seed's word alone
 
 
 def test_help_lists_presets_and_flags(capsys):
