@@ -283,6 +283,26 @@ def test_plain_progress_lines_for_log_files(monkeypatch, capsys):
     assert lines[3].split() == ["1/3", "1.5000", "1.2500", "50.00%", "1.00e-02", "2.0s", "100"]
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_progress_line_keeps_its_step_count_and_etas_in_a_narrow_terminal(monkeypatch, width):
+    """At 80 columns rich used to cut the step count to "12…" and the ETA to "-:…"; now the bar gives way first."""
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    monkeypatch.setattr(console, "REFRESH_EVERY", 0.0)
+    progress = console.Progress(True, epochs=70, steps_per_epoch=391, interactive=True)
+    progress.start_epoch(12, done_steps=119)
+    progress.update(128, lambda: 2.3456, 0.01)
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True).print(progress.bar.make_tasks_table(progress.bar.tasks))
+    progress.close()
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("epoch 12/70 120/391 eta 0:0") and " run " in line and line.endswith("lr 1.00e-02")
+    assert ("━" in line) == (width > 80)  # a bar where there is room for one
+
+
 def test_list_prints_the_presets(capsys):
     main(["--list"])
     out = capsys.readouterr().out
