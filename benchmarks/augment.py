@@ -1,15 +1,15 @@
 """Images/s of the batched `report` augmentation against the report's own per-image PIL pipeline, same CPU, one run.
 
-    python benchmarks/augment.py            # full: 50k-image epoch for ours, 10,240 images per baseline
-    python benchmarks/augment.py --quick    # a few seconds
-    python benchmarks/augment.py --compile  # also torch.compile'd (inductor; about 20 s to compile on 2 cores)
+    python benchmarks/augment.py --tarball PATH/cifar10-jpeg.tar.gz   # 50k-image epoch for ours, 10,240 per baseline
+    python benchmarks/augment.py --quick    # a few seconds, on random images
+    python benchmarks/augment.py --compile  # also torch.compile'd (inductor: a compile of its own first)
 
 The baseline is what the report's notebook ran: a Dataset returning torchvision's RandomRotation(5) ->
 RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2) -> ToTensor -> Normalize on one
 PIL image at a time, batched by a shuffling DataLoader (default num_workers=0; 2 also reported, worker
 start-up included as in a non-persistent epoch). Ours includes the per-batch index gather from a shuffled
-uint8 tensor. Images are the CIFAR-10-JPEG training set when its tarball is found (decoded once, then
-tiled to 50,000), otherwise random uint8. On CUDA it also times a whole 50k epoch on the GPU.
+uint8 tensor. Images: the first 10,000 training images of the CIFAR-10-JPEG archive given with --tarball (read from
+the archive, nothing extracted; tiled to 50,000), else random uint8. On CUDA it also times a whole 50k epoch on the GPU.
 """
 import argparse
 import datetime
@@ -34,17 +34,11 @@ STD = (0.2470, 0.2434, 0.2615)
 EPOCH = 50_000
 
 
-def find_tarball():
-    path = os.environ.get("RESNET_LITE_JPEG_TARBALL") or Path(__file__).resolve().parents[1] / "../shared/data/cifar10-jpeg.tar.gz"
-    return Path(path) if Path(path).is_file() else None
-
-
-def load_images(count, synthetic):
+def load_images(count, tarball):
     """uint8 count x 32 x 32 x 3 (HWC, as the notebook's CIFAR10 dataset holds them) and a description."""
-    tarball = None if synthetic else find_tarball()
     if tarball is None:
         rng = np.random.default_rng(0)
-        return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), "random uint8 (no JPEG tarball found)"
+        return rng.integers(0, 256, (count, 32, 32, 3), dtype=np.uint8), "random uint8 (no --tarball)"
     images = []
     with tarfile.open(tarball) as tar:  # read from the stream: nothing extracted to disk
         for member in tar:
@@ -111,9 +105,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a few-second run with fewer images")
     parser.add_argument("--batch-size", type=int, default=512)
-    parser.add_argument("--synthetic", action="store_true", help="random images even when the JPEG set is there")
+    parser.add_argument("--tarball", type=Path, help="the CIFAR-10-JPEG archive (default: random images)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(fn) on the CPU")
     args = parser.parse_args()
+    if args.tarball and not args.tarball.is_file():
+        parser.error(f"--tarball {args.tarball} is not a file")
     bs = args.batch_size
     baseline_count = 1024 if args.quick else 10_240
     ours_count = 4096 if args.quick else EPOCH
@@ -126,7 +122,7 @@ def main():
     print(f"gpu       {gpu}")
     print(f"versions  python {platform.python_version()}, torch {torch.__version__}, "
           f"torchvision {torchvision.__version__}, pillow {Image.__version__}")
-    images, source = load_images(10_000 if not args.quick else 2048, args.synthetic)
+    images, source = load_images(10_000 if not args.quick else 2048, args.tarball)
     print(f"data      {source}; batch size {bs}")
 
     base = {w: notebook_pipeline_rate(images[:baseline_count], bs, w) for w in (0, 2)}
