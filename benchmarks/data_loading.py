@@ -1,18 +1,21 @@
-"""Load time and peak host memory of resnet_lite.data on the real CIFAR-10-JPEG set (../shared/data), cold and cached,
-and of the CIFAR-10 binary reader on a full-size copy converted from it. Each phase runs in a fresh process so its
-peak RSS is its own.
+"""Load time and peak host memory of resnet_lite.data on the real CIFAR-10-JPEG set, cold and cached, and of the
+CIFAR-10 binary reader on a full-size copy converted from it. Each phase runs in a fresh process so its peak RSS is
+its own. Needs the CIFAR-10-JPEG archive (a .tar.gz of cifar10-jpeg/{train,test}/<class>/*.jpg) and about 1 GB of
+scratch space, in a new temporary folder (under --work when given) that it removes at the end.
 
-    python benchmarks/data_loading.py [--tarball ../shared/data/cifar10-jpeg.tar.gz] [--work /tmp/rl_bench_data] [--repeats 3]
+    python benchmarks/data_loading.py --tarball PATH/cifar10-jpeg.tar.gz [--work DIR] [--repeats 3]
 """
 import argparse
 import datetime
 import json
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,26 +89,42 @@ def write_bin_copy(jpeg_root, cache, target):
 
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--tarball", default=str(REPO.parent / "shared/data/cifar10-jpeg.tar.gz"))
-    parser.add_argument("--work", default="/tmp/rl_bench_data")
-    parser.add_argument("--phase")
-    parser.add_argument("--root")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tarball", help="the CIFAR-10-JPEG archive (required)")
+    parser.add_argument("--work", help="a folder to make the scratch folder in (default: the system's temporary folder)")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     if args.phase:
         return phase(args.phase, args.root, args.device)
+    if not args.tarball or not Path(args.tarball).is_file():
+        problem = f"{args.tarball} is not a file; " if args.tarball else ""
+        parser.exit(2, f"data_loading.py: {problem}give the CIFAR-10-JPEG archive: --tarball PATH/cifar10-jpeg.tar.gz\n")
 
     import torch
 
-    work = Path(args.work)
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    # a folder of its own, never one the user named: only what this run made is removed
+    work = Path(tempfile.mkdtemp(prefix="resnet_lite-data_loading-", dir=args.work))
+    try:
+        report(args, work, torch)
+    except subprocess.CalledProcessError as e:
+        said = (e.stderr or "").strip().splitlines()
+        parser.exit(1, f"data_loading.py: {shlex.join(map(str, e.cmd))} failed (exit {e.returncode})"
+                       f"{': ' + said[-1] if said else ''}\n")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args, work: Path, torch):
     t = time.perf_counter()
-    subprocess.run(["tar", "-xzf", args.tarball, "-C", str(work)], check=True)
+    subprocess.run(["tar", "-xzf", args.tarball, "-C", str(work)], check=True, capture_output=True, text=True)
     print(f"extracted {args.tarball} in {time.perf_counter() - t:.1f} s")
-    jpeg_root, cache = work / "cifar10-jpeg", work / "cache"
+    found = sorted(work.glob("*/train"))
+    if not found:
+        raise SystemExit(f"data_loading.py: {args.tarball} holds no <folder>/train/: is it CIFAR-10-JPEG?")
+    jpeg_root, cache = found[0].parent, work / "cache"
     spec = f"imagefolder:{jpeg_root}"
 
     clear_cache = lambda: shutil.rmtree(cache, ignore_errors=True)
@@ -129,7 +148,6 @@ def main():
     print(f"mean {tuple(round(m, 4) for m in cold['mean'])} std {tuple(round(s, 4) for s in cold['std'])} (CIFAR-10-JPEG)")
     if "cuda_peak_mib" in cold:
         print(f"CUDA peak allocated, train split resident + one epoch of batch 128: {cold['cuda_peak_mib']:.1f} MiB")
-    shutil.rmtree(work)
 
 
 if __name__ == "__main__":

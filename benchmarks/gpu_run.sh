@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The prepared GPU run (issues 7, 11, 21): on CIFAR-10-JPEG, the throughput table of lite_r4b2 (fp32, bf16,
 # + channels_last, + compile), time to accuracy of the fast presets (fast, fast94: 3 seeds each) and of model5 (the
-# seed's recipe, all 70 epochs, 1 seed), the targets judged, and the best fast94 seed's weights for publishing.
+# report's recipe, all 70 epochs, 1 seed), the targets judged, and the best fast94 seed's weights for publishing.
 #
 # ------------------------------------------------------------------------------------------ THE DEVICE CALLS, IN ORDER
 # A session whose task has a GPU has 15 minutes of device time in all (the machine's start, 1-2 min, and idle time
@@ -33,7 +33,7 @@
 #   fast        benchmarks/time_to_accuracy.py fast + fast94 in one process, seed by seed (fast 0, fast94 0, fast 1..):
 #               one warm-up run pays the cold compile for all; then the best complete fast94 seed's weights
 #   compile     benchmarks/throughput.py, the compiled setting (after `fast`, whose compile cache it reuses)
-#   model5      the seed's recipe as a separate training process: its optimizer, schedule, batch 128 and augmentation
+#   model5      the report's recipe as a separate training process: its optimizer, schedule, batch 128 and augmentation
 #               unchanged, with the GPU-side defaults bf16 (auto) and channels_last (MODEL5_SET adds overrides, e.g.
 #               compile=true); stopped at its time limit with a checkpoint, continued by a --continue call
 # Every stage runs under `timeout` with min(its cap, what is left - the shares kept for the later stages); one that

@@ -1,5 +1,5 @@
 """Time to accuracy: train a preset over several seeds; wall time and epochs until the test accuracy first reaches
-each target (the seed's 91.47%, and 94%), and the final-epoch accuracy as mean +- std over the seeds.
+each target (the report's 91.47%, and 94%), and the final-epoch accuracy as mean +- std over the seeds.
 
     python benchmarks/time_to_accuracy.py --preset fast --data imagefolder:/tmp/cifar10-jpeg --seeds 3
     python benchmarks/time_to_accuracy.py --preset model5 --data cifar10 --seeds 1 --runner subprocess --run-timeout 300
@@ -48,7 +48,7 @@ from resnet_lite.outputs.files import read_metrics, write_json
 from resnet_lite.train import train
 from resnet_lite.training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted
 
-TARGETS = (0.9147, 0.94)  # the seed's model 5 (best epoch of 70), and airbench94's bar
+TARGETS = (0.9147, 0.94)  # the report's model 5 (best epoch of 70), and airbench94's bar
 QUICK = ["data.spec=synthetic", "data.synthetic_train=1024", "data.synthetic_test=256", "data.image_size=16",
          "batch_size=128", "eval_batch_size=128", "epochs=3", "compile=false", "optim.lr=0.1"]
 LOG_TAIL = 40  # lines of a failed training process's log printed into the benchmark's output

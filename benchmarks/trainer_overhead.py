@@ -51,7 +51,7 @@ def bare_loop(ds, args, device, precision):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     steps = -(-len(ds.train) // args.batch_size)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / (steps * args.epochs))))
-    augment = build_augment("seed", ds.mean, ds.std)
+    augment = build_augment("report", ds.mean, ds.std)
     images, labels = ds.train.images.to(device), ds.train.labels.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

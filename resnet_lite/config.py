@@ -22,6 +22,7 @@ from pathlib import Path
 
 import yaml
 
+from .data.augment import RENAMED as AUGMENT_RENAMED
 from .data.augment import AugmentConfig
 from .data.sources import DataConfig
 from .errors import UserError, did_you_mean
@@ -31,7 +32,7 @@ from .outputs.tracking import WANDB_MODES, WandbConfig
 from .shipped import shipped
 from .training.distributed import DDPConfig
 from .training.ema import EMAConfig
-from .training.optim import OptimConfig, ScheduleConfig
+from .training.optim import RENAMED_SCHEDULES, OptimConfig, ScheduleConfig
 
 __all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
            "parse_override", "settings_argv", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
@@ -54,7 +55,7 @@ class TrainConfig:
         "help": "with pretrained: a local .safetensors/.pth file timm loads in place of the published weights "
                 "(timm's --pretrained-path: pretrained_cfg_overlay=dict(file=...))"})
     initial_checkpoint: str | None = field(default=None, metadata={
-        "help": "start from these weights: a .safetensors or .pth file (a state_dict, a seed-notebook "
+        "help": "start from these weights: a .safetensors or .pth file (a state_dict, the report notebook's "
                 "best_model.pth, a timm or resnet_lite checkpoint) or a run directory (its model_last; give "
                 "model_best.safetensors itself for the best epoch); a new number of classes gets a new classifier. "
                 "--resume never reloads it"})
@@ -63,7 +64,7 @@ class TrainConfig:
     batch_size: int = field(default=128, metadata={
         "help": "GLOBAL images per optimizer step: all processes and accumulation steps together"})
     eval_batch_size: int = field(default=512, metadata={"help": "global, split across processes like batch_size"})
-    seed: int = field(default=0, metadata={"help": "seeds the weights, the data order and the augmentation"})
+    seed: int = field(default=0, metadata={"help": "the random seed of the weights, the data order and the augmentation"})
     output_dir: str | None = field(default=None, metadata={"help": "run directory; null -> runs/<name>-<YYYYmmdd-HHMMSS>"})
     mixed_precision: str = field(default="auto", metadata={
         "choices": MIXED_PRECISION, "help": "auto: the launcher's setting, else bf16 where CUDA has it"})
@@ -207,7 +208,10 @@ def _convert(value, tp, key):
 
 def _upgrade(data: dict) -> dict:
     """The settings of older configs, checkpoints and run directories under their names now: `wandb: MODE` (a string)
-    is wandb.mode, `wandb_project` is wandb.project."""
+    is wandb.mode, `wandb_project` is wandb.project; the report's augmentation preset and schedule, once named `seed`
+    and `seed_cosine`, are `report` and `report_cosine`."""
+    data = _renamed(data, "augment", "preset", AUGMENT_RENAMED)
+    data = _renamed(data, "schedule", "name", RENAMED_SCHEDULES)
     if not isinstance(data.get("wandb", {}), str) and "wandb_project" not in data:
         return data
     data = dict(data)
@@ -216,6 +220,14 @@ def _upgrade(data: dict) -> dict:
     if "wandb_project" in data:
         wandb.setdefault("project", data.pop("wandb_project"))
     data["wandb"] = wandb
+    return data
+
+
+def _renamed(data: dict, group: str, key: str, renamed: dict) -> dict:
+    """`data` with data[group][key] under its new name when `renamed` has one (a copy; `data` as it is otherwise)."""
+    value = data.get(group)
+    if isinstance(value, dict) and isinstance(value.get(key), str) and value[key] in renamed:
+        return dict(data, **{group: dict(value, **{key: renamed[value[key]]})})
     return data
 
 

@@ -42,6 +42,7 @@ Exit codes:
 The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks: resnet_lite.hooks.
 """
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
@@ -55,13 +56,13 @@ from .errors import UserError
 from .models.lite import create_model
 from .models.tools import count_params
 from .outputs import rundir
-from .outputs.checkpoint import resumable_checkpoint
-from .outputs.console import console
+from .outputs.checkpoint import load_checkpoint, resumable_checkpoint
+from .outputs.console import console, counted
 from .outputs.sweep_agent import agent_run
-from .report import SEED_TABLE
-from .training.distributed import accelerator_session, resolve_mixed_precision
+from .report import REPORT_TABLE
+from .training.distributed import accelerator_session, agree, resolve_mixed_precision
 from .training.signals import EXIT_NONFINITE, EXIT_PREEMPTED, NonFiniteLoss, Preempted, stop_signals, stop_with_parent
-from .training.trainer import Trainer
+from .training.trainer import Trainer, check_inputs
 
 __all__ = ["train", "main"]
 
@@ -85,11 +86,21 @@ def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
         intent = "resume" if resume else "overwrite" if overwrite else "new"
     if resume and overwrite:
         raise UserError(f"--resume continues {resume} but --overwrite would start its run again; give one of them")
+    error = None
+    try:  # before the processes connect; under a launcher they stop together once connected (agree)
+        check_inputs(cfg, load_checkpoint(resume) if resume else None, resume)
+    except UserError as e:
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            raise
+        error = str(e)
     with stop_signals() as stop_flag, accelerator_session(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),  # the Reporter starts the trackers
             # the batch size is global: Accelerate would step a prepared scheduler once per process
             step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
+        agree(accelerator, error)
         with rundir.claimed(cfg.output_dir, cfg.name or cfg.model, accelerator, intent, resume) as run_dir:
+            if intent == "resume" and resume is None:
+                _print_main(f"no checkpoint in {run_dir} yet: starting a new run", file=sys.stdout)
             return Trainer(cfg, accelerator, run_dir, resume, stop_flag, overwrite=overwrite).fit()
 
 
@@ -104,7 +115,8 @@ def build_parser() -> ArgumentParser:
                               "--print-config shows the result.\n\n" + settings_help())
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                    help="any setting as a dotted override, e.g. optim.weight_decay=5e-4 schedule.name=onecycle")
-    p.add_argument("--variant", metavar="PRESET", help="a preset from configs/ (model0..model8: the seed's Table 1)")
+    p.add_argument("--variant", metavar="PRESET",
+                   help="a preset from configs/ (model0..model8: the report's Table 1; fast, fast94: speed runs)")
     p.add_argument("--model", metavar="NAME", help="the network (model): a lite model or any timm model, e.g. resnet18")
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="start from the model's published weights through timm (pretrained=true)")
@@ -115,10 +127,14 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="a YAML file of settings")
     p.add_argument("--data", metavar="SPEC", help=f"dataset: {SPECS} (default cifar10)")
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="GLOBAL images per optimizer step, over all processes")
+    p.add_argument("--epochs", type=int, metavar="N",
+                   help="passes over the training split (epochs; the preset's, else 70). A run shorter than its preset "
+                        "planned keeps a whole schedule: the warm-up takes at most a quarter of it "
+                        "(schedule.warmup_max_fraction), and the console says so")
+    p.add_argument("--batch-size", type=int, metavar="N", help="GLOBAL images per optimizer step, over all processes")
     p.add_argument("--lr", type=float, help="peak learning rate (optim.lr), used as given")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="the random seed of the weights, the data order and the augmentation (seed; default 0)")
     p.add_argument("--output-dir", metavar="DIR", help="run directory (default runs/<preset>-<time>)")
     p.add_argument("--profile", type=int, metavar="N", help="record N training steps with torch.profiler after a "
                                                            "warm-up: a trace per process in <run>/profile (profile)")
@@ -134,27 +150,32 @@ def build_parser() -> ArgumentParser:
                         "such a directory is an error: continue it with --resume or choose another)")
     p.add_argument("--list", action="store_true", help="print the presets as a table and exit")
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved settings as YAML (what the run's config.yaml holds) and exit without training")
+                   help="print the resolved settings as YAML and exit without training: what the run's config.yaml "
+                        "would hold, with output_dir the folder the run would go to (config.yaml leaves it null)")
     return p
 
 
 def print_presets() -> None:
     from rich.table import Table
 
-    seed_acc = {f"model{r['model']}": r["acc"] for r in SEED_TABLE}
-    table = Table(title="presets: python -m resnet_lite.train --variant NAME")
-    for col in ("preset", "variant", "params", "batch", "optimizer", "lr", "epochs", "schedule", "seed acc %"):
-        table.add_column(col, justify="left" if col in ("preset", "variant", "optimizer", "schedule") else "right")
+    report_acc = {f"model{r['model']}": r["acc"] for r in REPORT_TABLE}
+    table = Table(title="presets: python -m resnet_lite.train --variant PRESET")
+    columns = ("preset", "model", "params", "batch", "eval batch", "optimizer", "lr", "epochs", "schedule",
+               "report acc %")
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("preset", "model", "optimizer", "schedule") else "right")
     params = {}
     for name in list_presets():
         cfg = resolve_config(name)
         if cfg.model not in params:
             with torch.device("meta"):
                 params[cfg.model] = count_params(create_model(cfg.model))
-        table.add_row(name, cfg.model, f"{params[cfg.model]:,}", f"{cfg.batch_size}/{cfg.eval_batch_size}",
+        table.add_row(name, cfg.model, f"{params[cfg.model]:,}", str(cfg.batch_size), str(cfg.eval_batch_size),
                       cfg.optim.name, f"{cfg.optim.lr:g}", str(cfg.epochs), cfg.schedule.name,
-                      f"{seed_acc[name]:.2f}" if name in seed_acc else "-")
+                      f"{report_acc[name]:.2f}" if name in report_acc else "-")
     console().print(table)
+    print("model: the network the preset trains (--model); report acc %: the accuracy the report's Table 1 gives for "
+          "it, after 70 epochs on CIFAR-10")
 
 
 @cli
@@ -198,11 +219,13 @@ def main(argv=None):
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
     if agent:
         agent.check(cfg)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
+    if args.print_config:  # output_dir filled in: where a run started now would go
+        print(to_yaml(dataclasses.replace(cfg, output_dir=cfg.output_dir or str(rundir.default_path(
+            cfg.name or cfg.model)))), end="")
         return 0
-    if args.resume and not found:
-        _print_main(f"no checkpoint in {cfg.output_dir} yet: starting a new run", file=sys.stdout)
+    if found and _is_finished(found, cfg):
+        _print_main(_finished(found[1]["epoch"], cfg), file=sys.stdout)  # no W&B run, no table: nothing ran
+        return 0
     if agent:  # the agent stops a run by a signal to its launcher: it must reach this process too
         stop_with_parent()
     try:
@@ -214,6 +237,27 @@ def main(argv=None):
         _print_main(f"error: {e}")
         sys.exit(EXIT_NONFINITE)
     return 0
+
+
+def _is_finished(found: tuple, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint `found` (file, state) ends its own run, which has trained cfg.epochs and written its
+    summary (a run stopped after its last checkpoint goes on to write that; another run's folder is refused later)."""
+    (path, state), run = found, Path(cfg.output_dir)
+    return (state["epoch"] >= cfg.epochs and not state["batch"] and rundir.run_of(path).resolve() == run.resolve()
+            and (run / rundir.SUMMARY).is_file())
+
+
+def _finished(done: int, cfg: TrainConfig) -> str:
+    """What --resume of a run that has trained all its epochs says."""
+    summary = Path(cfg.output_dir) / rundir.SUMMARY
+    try:
+        acc = f", final test accuracy {100 * json.loads(summary.read_text())['final_test_acc']:.2f}%"
+    except (OSError, ValueError, KeyError, TypeError):
+        acc = ""
+    asked = "" if done == cfg.epochs else f" (--epochs {cfg.epochs} asks for no more)"
+    return (f"{cfg.output_dir} is finished: {counted(done, 'epoch')} trained{acc}{asked}; nothing to resume. To train "
+            f"it longer, resume it with more epochs: python -m resnet_lite.train --output-dir {cfg.output_dir} --resume "
+            f"--epochs {2 * done}")
 
 
 def _print_main(text: str, file=None) -> None:

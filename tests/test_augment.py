@@ -1,4 +1,4 @@
-"""Batched augmentation: each op against a hand computation or PIL itself, and the `seed` preset against
+"""Batched augmentation: each op against a hand computation or PIL itself, and the `report` preset against
 torchvision's per-image PIL transforms in distribution (two-sample Kolmogorov-Smirnov distances, with a
 mis-parameterised control beside each check to show the tolerance would catch it)."""
 import itertools
@@ -86,9 +86,10 @@ def test_presets_are_fully_resolved():
         assert cfg.preset == name
         assert A.resolve(name) == cfg
         assert all(v is not None for v in vars(cfg).values())
-    seed = A.PRESETS["seed"]
-    assert (seed.rotate_degrees, seed.flip, seed.crop_padding, seed.pad_mode) == (5.0, True, 4, "zero")
-    assert (seed.brightness, seed.contrast, seed.saturation) == (0.2, 0.2, 0.2)
+    report = A.PRESETS["report"]
+    assert (report.rotate_degrees, report.flip, report.crop_padding, report.pad_mode) == (5.0, True, 4, "zero")
+    assert (report.brightness, report.contrast, report.saturation) == (0.2, 0.2, 0.2)
+    assert A.resolve("seed") == report  # its name before "seed" was kept for the random seed
     fast = A.PRESETS["fast"]
     assert (fast.rotate_degrees, fast.flip, fast.crop_padding, fast.pad_mode) == (0.0, True, 2, "reflect")
 
@@ -98,13 +99,13 @@ def test_resolve_overrides_preset_values():
     assert cfg.cutout == 12 and cfg.rotate_degrees == 3.0 and isinstance(cfg.rotate_degrees, float)
     assert cfg.crop_padding == 2 and cfg.pad_mode == "reflect"
     assert A.resolve(A.AugmentConfig(preset="none", flip=True)).flip is True
-    assert A.resolve({}) == A.PRESETS["seed"]
+    assert A.resolve({}) == A.PRESETS["report"]
 
 
 @pytest.mark.parametrize(
     "cfg, words",
     [
-        ("sed", ["'sed'", "did you mean 'seed'"]),
+        ("reprot", ["'reprot'", "did you mean 'report'"]),
         ({"preset": "fats"}, ["'fats'", "'fast'"]),
         ({"rotate": 5}, ["'rotate'", "'rotate_degrees'"]),
         ({"pad_mode": "reflection"}, ["pad_mode", "'reflect'"]),
@@ -139,7 +140,7 @@ def test_output_dtype_shape_device_and_input_untouched(preset):
 
 
 def test_rejects_anything_but_a_uint8_batch():
-    fn = A.build_augment("seed", MEAN, STD)
+    fn = A.build_augment("report", MEAN, STD)
     with pytest.raises(ValueError, match="uint8"):
         fn(torch.rand(4, 3, 32, 32))
     with pytest.raises(ValueError, match="uint8"):
@@ -155,7 +156,7 @@ def test_normalize_matches_the_formula_and_none_is_normalize_only():
 
 def test_deterministic_for_a_generator():
     x = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=gen())
-    fn = A.build_augment(A.AugmentConfig(preset="seed", cutout=8), MEAN, STD)
+    fn = A.build_augment(A.AugmentConfig(preset="report", cutout=8), MEAN, STD)
     assert torch.equal(fn(x, gen(7)), fn(x, gen(7)))
     assert not torch.equal(fn(x, gen(7)), fn(x, gen(8)))
     torch.manual_seed(3)
@@ -166,7 +167,7 @@ def test_deterministic_for_a_generator():
 
 def test_every_sample_draws_its_own_parameters():
     n = 256
-    out = A.build_augment("seed", MEAN, STD)(batch(structured(), n), gen())
+    out = A.build_augment("report", MEAN, STD)(batch(structured(), n), gen())
     assert len(torch.unique(out.flatten(1), dim=0)) == n
     # one op at a time: within a batch of identical images each op takes several values
     src = batch(coords(), n)
@@ -340,7 +341,7 @@ def test_cutout_zeroes_one_square_per_sample():
     assert len(torch.unique(changed.flatten(1).float().argmax(1))) > 50
 
 
-# ---------------------------------------------------------------- the seed preset in distribution
+# ---------------------------------------------------------------- the report preset in distribution
 
 
 def _summary(u8):
@@ -359,7 +360,7 @@ def _summary(u8):
     }
 
 
-def test_seed_preset_matches_torchvision_per_image_pipeline_in_distribution():
+def test_report_preset_matches_torchvision_per_image_pipeline_in_distribution():
     n = 2000
     img = structured()
     seed_tf = T.Compose([T.RandomRotation(5), T.RandomHorizontalFlip(), T.RandomCrop(32, padding=4),
@@ -370,10 +371,10 @@ def test_seed_preset_matches_torchvision_per_image_pipeline_in_distribution():
         ours = _summary(denorm(A.build_augment(cfg, MEAN, STD)(batch(img, n), gen(1))))
         return max(ks(ours[k], tv[k]) for k in tv)
 
-    assert worst("seed") < KS_TOL
+    assert worst("report") < KS_TOL
     for wrong in [dict(rotate_degrees=0), dict(flip=False), dict(crop_padding=0), dict(crop_padding=2),
                   dict(pad_mode="reflect"), dict(brightness=0), dict(contrast=0), dict(brightness=0.4)]:
-        assert worst(A.AugmentConfig(preset="seed", **wrong)) > KS_TOL, wrong
+        assert worst(A.AugmentConfig(preset="report", **wrong)) > KS_TOL, wrong
 
 
 # ---------------------------------------------------------------- compile and mixed precision
@@ -381,7 +382,7 @@ def test_seed_preset_matches_torchvision_per_image_pipeline_in_distribution():
 
 def test_autocast_bf16_changes_nothing():
     x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=gen())
-    fn = A.build_augment("seed", MEAN, STD)
+    fn = A.build_augment("report", MEAN, STD)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = fn(x, gen(3))
     assert out.dtype == torch.float32
@@ -395,7 +396,7 @@ def test_torch_compile_on_cpu_matches_eager():
     except Exception as e:  # no C++ toolchain for inductor here
         pytest.skip(f"inductor cannot compile on this machine: {type(e).__name__}: {e}")
     x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=gen())
-    fn = A.build_augment("seed", MEAN, STD)
+    fn = A.build_augment("report", MEAN, STD)
     out = torch.compile(fn)(x, gen(3))
     eager = fn(x, gen(3))
     assert out.dtype == torch.float32 and out.shape == x.shape

@@ -18,11 +18,12 @@ from resnet_lite.config import (
     load_yaml,
     parse_override,
     read_preset,
+    read_yaml,
     resolve_config,
     to_dict,
 )
 from resnet_lite.errors import UserError
-from resnet_lite.report import SEED_TABLE
+from resnet_lite.report import REPORT_TABLE
 from resnet_lite.train import main as train_main
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_defaults_are_model5_with_one_cosine():
     cfg = TrainConfig()
     assert (cfg.model, cfg.batch_size, cfg.epochs, cfg.optim.name, cfg.optim.lr) == ("lite_r4b2", 128, 70, "adam", 0.01)
-    assert cfg.schedule.name == "cosine" and cfg.optim.weight_decay == 0.0 and cfg.augment.preset == "seed"
+    assert cfg.schedule.name == "cosine" and cfg.optim.weight_decay == 0.0 and cfg.augment.preset == "report"
     assert resolve_config() == cfg
 
 
@@ -175,19 +176,29 @@ def test_presets_load_from_the_installed_package(tmp_path):
     assert {"fast", "fast94"} <= set(names) and model == "lite_r4b2"
 
 
-@pytest.mark.parametrize("row", SEED_TABLE, ids=lambda r: f"model{r['model']}")
-def test_seed_presets_match_table_1(row):
+@pytest.mark.parametrize("row", REPORT_TABLE, ids=lambda r: f"model{r['model']}")
+def test_report_presets_match_table_1(row):
     cfg = resolve_config(f"model{row['model']}")
     assert cfg.model == row["variant"]
     assert (cfg.batch_size, cfg.eval_batch_size) == (row["train_batch"], row["test_batch"])
     assert (cfg.optim.name, cfg.optim.lr) == (row["optimizer"], row["lr"])
     assert cfg.epochs == 70 and cfg.optim.weight_decay == 0.0 and cfg.data.spec == "cifar10"
-    assert cfg.augment.preset == "seed"
-    assert (cfg.schedule.name, cfg.schedule.t_max, cfg.schedule.final_lr_fraction) == ("seed_cosine", 200, 0.0)
+    assert cfg.augment.preset == "report"
+    assert (cfg.schedule.name, cfg.schedule.t_max, cfg.schedule.final_lr_fraction) == ("report_cosine", 200, 0.0)
     if row["optimizer"] == "sgd":
         assert cfg.optim.momentum == 0.0  # torch's SGD default, as the notebook ran it
     header = read_preset.__globals__["_presets_dir"]().joinpath(f"model{row['model']}.yaml").read_text().splitlines()[0]
-    assert header.startswith(f"# Seed model {row['model']} ")
+    assert header.startswith(f"# Model {row['model']} of the report's Table 1: ")
+
+
+def test_older_configs_name_the_reports_augmentation_and_schedule_seed_and_still_read(tmp_path):
+    """`seed` and `seed_cosine` (before "seed" was kept for the random seed) in a run's config.yaml, a checkpoint's
+    config or an override: the same settings under their names now."""
+    old = tmp_path / "config.yaml"
+    old.write_text("augment: {preset: seed}\nschedule: {name: seed_cosine, t_max: 200}\nseed: 3\n")
+    for cfg in (resolve_config(file=old), resolve_config(base=read_yaml(old)),
+                resolve_config(overrides=["augment.preset=seed", "schedule.name=seed_cosine", "seed=3"])):
+        assert (cfg.augment.preset, cfg.schedule.name, cfg.seed) == ("report", "report_cosine", 3)
 
 
 def test_every_preset_resolves():
@@ -245,6 +256,11 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path, caps
     with pytest.raises(SystemExit) as e:  # a bad setting is the same one-line error as when training
         train_main(["--print-config", "optim.lrr=1"])
     assert e.value.code == 2 and "did you mean 'optim.lr'?" in capsys.readouterr().err
+
+
+def test_print_config_without_output_dir_shows_where_a_run_would_go(capsys):
+    assert train_main(["--print-config", "--variant", "fast"]) == 0
+    assert re.fullmatch(r"runs/fast-\d{8}-\d{6}(-\d+)?", load_yaml(capsys.readouterr().out)["output_dir"])
 
 
 def test_print_config_with_resume_shows_the_runs_config_changed_by_the_command_line(tiny_run, capsys):

@@ -2,6 +2,7 @@
 EMA and TTA match hand computations, a held-out split selects the model, and every new option is reachable from the
 command line. Runs use a few hundred 8x8 synthetic images.
 """
+import dataclasses
 import json
 import math
 import shutil
@@ -22,6 +23,7 @@ from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.outputs.weights import load_weights
 from resnet_lite.train import main, train
 from resnet_lite.training.ema import EMAConfig, build_ema, ema_decay, update_ema
+from resnet_lite.training.optim import lr_factor, warmup_note
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import time_to_accuracy  # noqa: E402
@@ -59,7 +61,7 @@ test_loss.__test__ = False  # a helper, not a test
 
 
 @pytest.mark.parametrize("name", FAST_PRESETS)
-def test_fast_preset_is_the_recipe_on_the_seed_network(name):
+def test_fast_preset_is_the_recipe_on_the_reports_network(name):
     cfg = resolve_config(name)
     assert cfg.model == "lite_r4b2" and cfg.drop_rate == 0.0  # the architecture untouched
     assert cfg.mixed_precision == "auto" and cfg.channels_last and cfg.compile and cfg.drop_last
@@ -78,6 +80,32 @@ def test_fast_preset_trains_on_cpu(name, tmp_path):
     assert summary["ema"] is True and summary["tta"] == 2 and summary["mixed_precision"] == "no"
     assert summary["params"] == 2_799_146 and 0.0 <= summary["final_test_acc"] <= 1.0
     assert math.isfinite(rows_of(out)[0]["train_loss"])
+
+
+def test_a_one_epoch_run_of_a_fast_preset_completes_its_schedule(tmp_path, capsys):
+    """`--variant fast --epochs 1`: the preset's 2.5-epoch warm-up used to fill the whole run, which ended at lr 0.7
+    (of 0.8) with a test loss in the thousands. The warm-up now takes at most a quarter of the run, and says so."""
+    out = tmp_path / "run"  # batch 128 and lr 0.1: the preset's 1024 and 0.8 scaled down together
+    assert main(["--variant", "fast", "--epochs", "1", "--batch-size", "128", "--lr", "0.1", "--data", "synthetic",
+                 "--output-dir", str(out), *TINY[2:4], "data.synthetic_train=2048", "compile=false",
+                 "--wandb", "disabled"]) == 0
+    (row,) = rows_of(out)
+    assert row["step"] == 16 and row["lr"] == pytest.approx(0.1 / 12)  # the last of 12 steps down after 4 up
+    assert row["test_loss"] < 2 * math.log(10)  # sane: a guess is ln(10); the lr left at 0.7 gave thousands
+    assert ("note: schedule.warmup_epochs=2.5 is more than 0.25 of this 1-epoch run: the warm-up takes 0.25 epochs"
+            in capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("name", FAST_PRESETS)
+def test_a_full_length_fast_run_keeps_its_schedule_exactly(name):
+    """The cap leaves a preset run at its own length alone: the same lr at every step as with no cap."""
+    preset = resolve_config(name)
+    cfg, steps_per_epoch, epochs = preset.schedule, 50_000 // preset.batch_size, preset.epochs
+    uncapped = dataclasses.replace(cfg, warmup_max_fraction=1)
+    capped, whole = (lr_factor(c, steps_per_epoch, epochs) for c in (cfg, uncapped))
+    steps = range(steps_per_epoch * epochs + 1)
+    assert [capped(s) for s in steps] == [whole(s) for s in steps]
+    assert warmup_note(cfg, steps_per_epoch, epochs) is None
 
 
 # ---------------------------------------------------------------------------------------------- EMA

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 import resnet_lite
 from resnet_lite.models.tools import count_macs, count_params
-from resnet_lite.report import SEED_TABLE
+from resnet_lite.report import REPORT_TABLE
 
 MODELS = resnet_lite.list_models("lite_*")
 SEED_PARAMS = {"lite_r4b2": 2_799_146, "lite_r4b3": 4_367_786, "lite_r5b2": 4_587_306}
@@ -90,7 +90,7 @@ def test_param_count_is_the_seeds(name):
     assert count_params(timm.create_model(name)) == SEED_PARAMS[name]
 
 
-@pytest.mark.parametrize("row", SEED_TABLE, ids=lambda r: f"model{r['model']}")
+@pytest.mark.parametrize("row", REPORT_TABLE, ids=lambda r: f"model{r['model']}")
 def test_seed_table_rows_name_registered_variants(row):
     assert row["params"] == SEED_PARAMS[row["variant"]]
 
@@ -159,12 +159,13 @@ def test_seed_state_dict_loads_and_gives_identical_outputs(name):
         torch.testing.assert_close(ours(x), seed(x), rtol=0, atol=0)
 
 
-def test_convert_seed_state_dict_unwraps_dataparallel_and_compile(tmp_path):
+def test_convert_notebook_state_dict_unwraps_dataparallel_and_compile(tmp_path):
     seed = _seed_state_dict("lite_r4b2")
     wrapped = {"state_dict": {f"module._orig_mod.{k}": v for k, v in seed.state_dict().items()}}
     path = tmp_path / "best_model.pth"
     torch.save(wrapped, path)
-    sd = resnet_lite.convert_seed_state_dict(torch.load(path, weights_only=True))
+    sd = resnet_lite.convert_notebook_state_dict(torch.load(path, weights_only=True))
+    assert resnet_lite.convert_seed_state_dict is resnet_lite.convert_notebook_state_dict  # the earlier name works
     ours = resnet_lite.create_model("lite_r4b2").eval()
     ours.load_state_dict(sd)
     x = torch.randn(2, 3, 32, 32)
@@ -375,5 +376,5 @@ def test_no_weight_decay(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_state_dict_keys_are_the_seeds(name):
-    """The TorchScript change keeps the seed notebook's keys (checkpoints, exports, convert_seed_state_dict)."""
+    """The TorchScript change keeps the seed notebook's keys (checkpoints, exports, convert_notebook_state_dict)."""
     assert sorted(resnet_lite.create_model(name).state_dict()) == sorted(_seed_state_dict(name).state_dict())

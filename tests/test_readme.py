@@ -5,11 +5,14 @@
   --help lists, each --variant a shipped preset, each KEY=VALUE a real setting; `accelerate launch` flags parse
   with Accelerate's own parser, and its --config_file exists (a "$(python -m resnet_lite.launch NAME)" one: the
   path that command prints); every launch/ or docker/ file named exists.
-- The Python blocks run as written.
+- The Python blocks run as written, and so does the CPU try-out's bash block, in a copy of the checkout as a fresh
+  clone has it, with nothing beyond the README's own `pip install .` and nothing written outside runs/.
 """
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from functools import cache
@@ -139,3 +142,35 @@ def test_python_block_runs(index, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for expected in re.findall(r"print\(.*?\)\s+# (.+)$", code, re.M):  # a printed value stated in a comment
         assert expected.strip() in proc.stdout
+
+
+def _checkout_copy(to: Path) -> Path:
+    """The files a fresh clone of the checkout holds (tracked, or new and not ignored), copied to `to`."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True)
+    if listed.returncode != 0:  # not a git checkout (an unpacked sdist): all of it but what a run leaves
+        shutil.copytree(REPO, to, ignore=shutil.ignore_patterns("runs", ".git", "__pycache__", "*.egg-info"))
+        return to
+    for name in filter(None, listed.stdout.split("\0")):
+        if (REPO / name).is_file():
+            (to / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, to / name)
+    return to
+
+
+@pytest.mark.slow
+def test_the_cpu_try_out_runs_as_written_in_a_fresh_clone(tmp_path):
+    (block,) = re.findall(r"```bash\n(.*?)\n```", _section("Try it on a CPU"), re.S)
+    assert "onnx" not in block  # ONNX needs `pip install ".[export]"`, which the README's install does not do
+    clone = _checkout_copy(tmp_path / "clone")
+    before = {p.relative_to(clone) for p in clone.rglob("*")}
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=clone, capture_output=True, text=True,
+                          timeout=1200, env=dict(env, WANDB_MODE="disabled"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run = clone / "runs" / "try"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs"] == 4 and (run / "model.pt").is_file()  # the resume's extra epoch, the export
+    assert "class0.png" in proc.stdout and "evaluation-last-test-tta0.json" in " ".join(os.listdir(run))
+    new = {p.relative_to(clone) for p in clone.rglob("*") if "__pycache__" not in p.parts} - before
+    assert {p.parts[0] for p in new} <= {"runs"}  # nothing lands in the checkout itself

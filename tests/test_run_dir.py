@@ -148,6 +148,19 @@ def test_resume_with_more_epochs_restretches_the_schedule_and_says_so(finished, 
     assert "note:" not in _resumed_again(run, capsys)  # the same length again: nothing to say
 
 
+def test_resume_of_a_finished_run_says_it_is_finished_and_starts_nothing(finished, tmp_path, capsys, monkeypatch):
+    """It used to say "resuming ... at epoch 2 step 2", print the final table again and open an empty W&B run."""
+    run = _copy(finished, tmp_path / "run")
+    before = _snapshot(run)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert main(["--output-dir", str(run), "--resume"]) == 0
+    acc = 100 * json.loads((run / "summary.json").read_text())["final_test_acc"]
+    assert capsys.readouterr().out == (
+        f"{run} is finished: 1 epoch trained, final test accuracy {acc:.2f}%; nothing to resume. To train it longer, "
+        f"resume it with more epochs: python -m resnet_lite.train --output-dir {run} --resume --epochs 2\n")
+    assert _snapshot(run) == before and not (run / "wandb").exists()
+
+
 def test_resume_with_another_lr_uses_it_and_says_so(finished, tmp_path, capsys):
     """--lr with --resume: the schedule keeps its shape and length, at the new peak (the checkpoint's own scheduler
     state would keep the old one without a word)."""
@@ -169,7 +182,8 @@ def _resumed_again(run, capsys):
 
 @pytest.mark.slow
 def test_two_processes_refuse_together(finished, tmp_path):
-    """torchrun, gloo: the main process looks, both give the error and exit; neither waits for the other."""
+    """torchrun, gloo: the main process looks, both stop with the error (exit 2), the main one says it; neither waits
+    for the other."""
     run = _copy(finished, tmp_path / "run")
     before = _snapshot(run)
     env = dict(os.environ, WANDB_MODE="disabled", OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="true")
@@ -178,7 +192,8 @@ def test_two_processes_refuse_together(finished, tmp_path):
            "--epochs", "1", "--output-dir", str(run)]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0
-    assert proc.stderr.count(f"error: {run} already holds a run") == 2, proc.stderr[-3000:]
+    assert proc.stderr.count(f"error: {run} already holds a run") == 1, proc.stderr[-3000:]
+    assert "[rank" not in proc.stderr and "exitcode  : 2" in proc.stderr
     assert _snapshot(run) == before
 
 

@@ -154,6 +154,24 @@ def test_multi_node_recipe_with_two_tasks_as_two_machines_counts_every_test_imag
 
 
 @pytest.mark.slow
+def test_a_mistake_in_a_two_process_job_is_one_line(slurm_cluster, tmp_path):
+    """A folder that does not exist, under slurm_1node.sbatch with two processes: the job's log holds the script's
+    line, the main process's error and then only what the launcher (the ChildFailedError table, which
+    tests/test_launcher_errors.py reads line by line) and srun ("srun: error: ... Exited with exit code 1") print of
+    failed processes: no traceback of the trainer's, no peer's."""
+    job = Job(slurm_cluster, "slurm_1node.sbatch", CPU_TWO_TASKS, [*RUN, "--data", "imagefolder:nope/"],
+              _env(slurm_cluster, tmp_path, RUN_DIR=str(tmp_path / "run")), tmp_path / "job.out")
+    assert job.finish() != 0
+    log = job.log()
+    lines = log.splitlines()
+    assert lines[0].startswith(f"job {job.id}, start 1: 0 GPU(s), 2 process(es)"), log
+    assert lines[1].startswith("error: imagefolder:nope needs nope/train/<class>/*"), log
+    ours = [line for line in lines if "error: " in line and not line.startswith("srun: error: ")]  # srun's own
+    assert len(ours) == 1 and "[rank" not in log and "resnet_lite/" not in log, log
+    assert "requeueing" not in log and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
 def test_a_real_time_limit_warns_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     """--time=1 --signal=B:USR1@5: Slurm itself warns the batch shell (its clock ticks every 30 s, so the warning
     comes 25-55 s into the job), both trainer processes (two tasks: cpu.yaml, two gloo processes) save, the script
@@ -215,9 +233,9 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
         rows = list(csv.DictReader(f))
     assert [(r["run"], r["preset"], r["optim.lr"], r["seed"], r["status"]) for r in rows] == [
         ("lr0.01-seed0", "model5", "0.01", "0", "finished"), ("lr0.003-seed0", "model5", "0.003", "0", "finished")]
-    assert "seed_acc" not in rows[0] and "lr" not in rows[0]  # the seed's Table 1 does not speak for changed runs
+    assert "report_acc" not in rows[0] and "lr" not in rows[0]  # the report's Table 1 does not speak for changed runs
     md = (out / "results.md").read_text()
-    assert "| run | preset | optim.lr | seed | variant | epochs |" in md and "seed acc" not in md
+    assert "| run | preset | optim.lr | seed | model | epochs |" in md and "report acc" not in md
     assert (out / "results.png").stat().st_size > 0
 
     third = subprocess.run([*cmd, "--wait"], env=env, capture_output=True, text=True, timeout=120)

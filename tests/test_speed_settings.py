@@ -66,11 +66,25 @@ def test_ddp_gets_its_settings_in_two_gloo_processes(tmp_path):
         proc = subprocess.run(cmd, cwd=tmp_path, env=_env(ACCELERATE_USE_CPU="true",
                               RESNET_LITE_RANK_REPORT=str(report / name)), capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "FutureWarning" not in proc.stderr, proc.stderr[-3000:]  # torch's for broadcast_buffers, per process
     default, changed = (json.loads((report / name / "rank1.json").read_text())["ddp"] for name in settings)
     assert default == {"static_graph": True, "bucket_bytes_cap": 4 * 2**20, "broadcast_buffers": False,
                        "gradient_as_bucket_view": True}
     assert changed == {"static_graph": False, "bucket_bytes_cap": 2**19, "broadcast_buffers": True,
                        "gradient_as_bucket_view": False}
+
+
+@pytest.mark.slow
+def test_a_compiled_cpu_run_says_nothing_of_cuda(tmp_path):
+    """inductor's CPU code generation imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on any
+    machine with a CUDA toolkit and no GPU (CUDA_HOME set here). The eager backend compiles without inductor, so the
+    import comes after the run, as inductor's would during it."""
+    code = (f"from resnet_lite.train import main; main({[*TINY, 'epochs=1', 'compile=true', 'compile_backend=eager']!r}"
+            f" + ['--output-dir', {str(tmp_path / 'run')!r}]); import torch.utils.cpp_extension")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(CUDA_HOME=str(tmp_path)),
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "CUDA" not in proc.stderr + proc.stdout, proc.stderr[-3000:]
 
 
 def test_cudnn_benchmark_follows_the_setting(tmp_path):

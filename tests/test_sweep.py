@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from resnet_lite.sweep.__main__ import main
-from resnet_lite.sweep.plan import SEED_PRESETS, plan_runs
+from resnet_lite.sweep.plan import REPORT_PRESETS, plan_runs
 
 TINY = ["--epochs", "2", "--data", "synthetic", "--batch-size", "32", "--wandb", "disabled", "data.synthetic_train=256",
         "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64", "checkpoint_every_steps=4"]
@@ -86,15 +86,18 @@ def test_interrupted_sweep_resumes_and_writes_tables_and_figure(tmp_path):
     with open(out / "results.csv", newline="") as f:
         rows = {r["preset"]: r for r in csv.DictReader(f)}
     assert list(rows) == PRESETS
-    for preset, seed_acc, variant in (("model5", "91.47", "lite_r4b2"), ("model8", "91.24", "lite_r4b3")):
+    for preset, report_acc, model in (("model5", "91.47", "lite_r4b2"), ("model8", "91.24", "lite_r4b3")):
         row, s = rows[preset], summaries[preset]
-        assert (row["seed_acc"], row["variant"], row["status"], row["epochs"]) == (seed_acc, variant, "finished", "2")
+        assert (row["report_acc"], row["model"], row["status"], row["epochs"]) == (report_acc, model, "finished", "2")
+        assert (row["batch"], row["optimizer"], row["lr"]) == ("32", "adam", "0.01")  # what ran, not the report's 128
         assert float(row["best_acc"]) == pytest.approx(100 * s["best_test_acc"], abs=1e-4)
         assert float(row["final_acc"]) == pytest.approx(100 * s["final_test_acc"], abs=1e-4)
         assert int(row["params"]) == s["params"] and float(row["seconds"]) > 0
     md = (out / "results.md").read_text()
-    assert "| model5 | 5 | 128 | 128 | adam | 0.01 | lite_r4b2 | 2,799,146 | 91.47 | 2 |" in md
-    assert "--epochs 2 --data synthetic" in md  # the shared settings are stated beside the seed's numbers
+    assert ("| preset | report model | report acc % | model | batch | optimizer | lr | epochs | best acc % |"
+            in md)
+    assert "| model5 | 5 | 91.47 | lite_r4b2 | 32 | adam | 0.01 | 2 |" in md
+    assert "--epochs 2 --data synthetic" in md  # the shared settings are stated beside the report's numbers
     with Image.open(out / "results.png") as png:
         assert png.format == "PNG" and png.size[0] > 600
 
@@ -208,7 +211,7 @@ def test_help_names_the_presets_and_the_files(capsys):
     out = capsys.readouterr().out
     assert exit_info.value.code == 0
     assert "model0 model1" in out and "results.md" in out and "--gpus" in out and "--resume" in out
-    assert SEED_PRESETS == [f"model{i}" for i in range(9)]  # the default study is Table 1, whatever else is shipped
+    assert REPORT_PRESETS == [f"model{i}" for i in range(9)]  # the default study is Table 1, whatever else is shipped
 
 
 def test_a_grid_names_its_runs_by_what_differs():
@@ -235,5 +238,5 @@ def test_local_grid_sweep_tables_show_each_runs_settings(tmp_path):
                                                                                  ("lr0.003", "0.003", "finished", "1")]
     assert "lr: 0.003" in (out / "lr0.003" / "config.yaml").read_text()
     md = (out / "results.md").read_text()
-    assert md.startswith("# Sweep results\n") and "| run | preset | optim.lr | variant | epochs |" in md
-    assert "seed acc" not in md and "| lr0.003 | model5 | 0.003 | lite_r4b2 | 1 |" in md
+    assert md.startswith("# Sweep results\n") and "| run | preset | optim.lr | model | epochs |" in md
+    assert "report acc" not in md and "| lr0.003 | model5 | 0.003 | lite_r4b2 | 1 |" in md

@@ -57,9 +57,10 @@ def same_weights(a, b):
 # ---------------------------------------------------------------------------------------------- optim
 
 
-def test_seed_cosine_is_the_seeds_per_batch_cosine_annealing():
+def test_report_cosine_is_the_notebooks_per_batch_cosine_annealing():
     model = torch.nn.Linear(2, 2)
-    ours = build_scheduler(torch.optim.Adam(model.parameters(), lr=0.01), ScheduleConfig("seed_cosine", t_max=200), 391, 2)
+    schedule = ScheduleConfig("report_cosine", t_max=200)
+    ours = build_scheduler(torch.optim.Adam(model.parameters(), lr=0.01), schedule, 391, 2)
     seed_opt = torch.optim.Adam(model.parameters(), lr=0.01)
     seed = torch.optim.lr_scheduler.CosineAnnealingLR(seed_opt, T_max=200, eta_min=0)
     for step in range(782):  # two epochs at batch 128: the lr reaches 0 at step 200 and climbs back by 400
@@ -282,12 +283,36 @@ def test_plain_progress_lines_for_log_files(monkeypatch, capsys):
     assert lines[3].split() == ["1/3", "1.5000", "1.2500", "50.00%", "1.00e-02", "2.0s", "100"]
 
 
+@pytest.mark.parametrize("width", [80, 120])
+def test_the_progress_line_keeps_its_step_count_and_etas_in_a_narrow_terminal(monkeypatch, width):
+    """At 80 columns rich used to cut the step count to "12…" and the ETA to "-:…"; now the bar gives way first."""
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    monkeypatch.setattr(console, "REFRESH_EVERY", 0.0)
+    progress = console.Progress(True, epochs=70, steps_per_epoch=391, interactive=True)
+    progress.start_epoch(12, done_steps=119)
+    progress.update(128, lambda: 2.3456, 0.01)
+    out = io.StringIO()
+    Console(file=out, width=width, force_terminal=True).print(progress.bar.make_tasks_table(progress.bar.tasks))
+    progress.close()
+    (line,) = out.getvalue().splitlines()
+    assert line.startswith("epoch 12/70 120/391 eta 0:0") and " run " in line and line.endswith("lr 1.00e-02")
+    assert ("━" in line) == (width > 80)  # a bar where there is room for one
+
+
 def test_list_prints_the_presets(capsys):
     main(["--list"])
     out = capsys.readouterr().out
     for i in range(9):
         assert f"model{i}" in out
-    assert "2,799,146" in out and "4,587,306" in out and "91.47" in out and "seed_cosine" in out
+    assert "2,799,146" in out and "4,587,306" in out and "91.47" in out and "report_cosine" in out
+    header = next(line for line in out.splitlines() if "preset" in line and "params" in line)
+    assert [c.strip() for c in header.strip("┃ ").split("┃")] == [
+        "preset", "model", "params", "batch", "eval batch", "optimizer", "lr", "epochs", "schedule", "report acc %"]
+    assert "seed" not in out  # the random seed's word alone
 
 
 def test_help_lists_presets_and_flags(capsys):

@@ -109,7 +109,7 @@ def test_config_is_the_resolved_one_with_what_the_run_measured(offline_run):
     cfg = resolve_config(overrides=[])
     assert {"model", "optim", "schedule", "augment", "ema", "wandb", "data"} <= set(config)
     assert config["mixed_precision"] == "no"  # what ran, not "auto"
-    assert None not in config["augment"].values() and config["augment"]["flip"] is True  # the seed preset, filled in
+    assert None not in config["augment"].values() and config["augment"]["flip"] is True  # the report preset, filled in
     assert config["params"] == 2_799_146 and config["world_size"] == 1 and config["steps_per_epoch"] == STEPS_PER_EPOCH
     assert config["dataset"] == {"name": "synthetic", "train": 128, "test": 64, "val": 0, "classes": 10, "image_size": 8}
     assert set(config["versions"]) == {"resnet_lite", "torch", "timm", "accelerate", "python"}

@@ -4,11 +4,11 @@ Every sample draws its own parameters, all at once, from one `torch.rand(N, 12)`
 makes a batch reproducible and switching one op off leaves the other ops' draws unchanged. The
 geometric ops (rotate, flip, padded crop) are composed into one per-pixel source index and applied
 with a single gather on the uint8 batch, the way airbench crops by index arithmetic instead of
-per-sample slicing. Colour jitter follows the PIL path the seed ran (torchvision's ColorJitter on PIL
+per-sample slicing. Colour jitter follows the PIL path the report's notebook ran (torchvision's ColorJitter on PIL
 images): blends towards black / the image's mean grey / each pixel's grey, clamped and truncated to
 integers after every op, in a random order per image.
 
-    fn = build_augment("seed", mean, std)
+    fn = build_augment("report", mean, std)
     x = fn(uint8_batch, generator)          # float32, normalised
 
 MixUp and CutMix (mixup_alpha, cutmix_alpha, ...) mix the augmented batch and its labels: resnet_lite.data.mix.
@@ -30,8 +30,9 @@ _UNIFORMS = 12  # columns: angle, flip, crop y, crop x, 3 jitter factors, 3 jitt
 
 @dataclass
 class AugmentConfig:
-    preset: str = dataclasses.field(default="seed", metadata={
-        "help": "seed | fast | none; the fields below left null take the preset's value"})
+    preset: str = dataclasses.field(default="report", metadata={
+        "help": "report (the report's pipeline: rotate, flip, padded crop, colour jitter) | fast (flip, translate) | "
+                "none; the fields below left null take the preset's value"})
     rotate_degrees: float | None = dataclasses.field(default=None, metadata={
         "help": "angle uniform in [-d, d], nearest, zero fill, about the centre"})
     flip: bool | None = dataclasses.field(default=None, metadata={"help": "horizontal flip with p = 0.5"})
@@ -61,12 +62,15 @@ class AugmentConfig:
 
 NO_MIX = dict(mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, switch_prob=0.5, mix_mode="batch")  # timm's defaults
 PRESETS: dict[str, AugmentConfig] = {
-    # the seed's RandomRotation(5) -> RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2)
-    "seed": AugmentConfig("seed", 5.0, True, 4, "zero", 0.2, 0.2, 0.2, 0, **NO_MIX),
+    # the report's RandomRotation(5) -> RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2)
+    "report": AugmentConfig("report", 5.0, True, 4, "zero", 0.2, 0.2, 0.2, 0, **NO_MIX),
     # airbench94: flip + translate by reflect-padding 2; add `cutout` for longer speed runs
     "fast": AugmentConfig("fast", 0.0, True, 2, "reflect", 0.0, 0.0, 0.0, 0, **NO_MIX),
     "none": AugmentConfig("none", 0.0, False, 0, "zero", 0.0, 0.0, 0.0, 0, **NO_MIX),
 }
+
+
+RENAMED = {"seed": "report"}  # older configs and checkpoints say seed
 
 
 def _suggest(name, choices):
@@ -115,6 +119,7 @@ def resolve(cfg: "AugmentConfig | str | dict") -> AugmentConfig:
         cfg = AugmentConfig(**cfg)
     elif not isinstance(cfg, AugmentConfig):
         raise UserError(f"augment must be a preset name or a mapping of {', '.join(fields)}; got {cfg!r}")
+    cfg = dataclasses.replace(cfg, preset=RENAMED.get(cfg.preset, cfg.preset))
     if cfg.preset not in PRESETS:
         raise UserError(f"unknown augment preset '{cfg.preset}'; {_suggest(cfg.preset, PRESETS)}")
     base = PRESETS[cfg.preset]

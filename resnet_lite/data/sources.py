@@ -13,6 +13,7 @@ decoded and cached the same way, keyed by the dataset's fingerprint. Per-channel
 and are cached beside the data.
 """
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -28,7 +29,7 @@ import torch
 from ..errors import UserError
 from ..outputs.files import atomic_write
 from . import cifar
-from .hub import open_hub
+from .hub import open_hub, parse_spec
 from .images import IMAGE_ERRORS, decode, image_extensions, list_images
 
 SPECS = "cifar10 | cifar100 | imagefolder:PATH | hf:NAME[:CONFIG] | synthetic"
@@ -95,6 +96,35 @@ def load_data(cfg: DataConfig) -> Dataset:
     return load_dataset(**asdict(cfg))
 
 
+def check_data(cfg: DataConfig) -> None:
+    """The mistakes in `cfg` that show without reading an image or the network: bad options, an unknown dataset, an
+    image folder without train/ and test/, CIFAR absent with data.download=false. The trainer checks them before its
+    processes start working together, so that every process stops alike."""
+    if cfg.image_size is not None and cfg.image_size < 1:
+        raise UserError(f"data.image_size={cfg.image_size} must be a positive number of pixels (or null)")
+    if cfg.holdout < 0:
+        raise UserError(f"data.holdout={cfg.holdout} must be >= 0")
+    if cfg.spec in cifar.SOURCES:
+        if not cfg.download:
+            cifar.find_or_download(cfg.spec, _root(cfg), download=False)
+    elif cfg.spec.startswith("imagefolder:"):
+        _check_imagefolder(Path(cfg.spec.split(":", 1)[1]).expanduser())
+    elif cfg.spec.startswith("hf:"):
+        parse_spec(cfg.spec)
+        if importlib.util.find_spec("datasets") is None:
+            raise UserError(f"--data {cfg.spec} needs the datasets package: pip install 'resnet_lite[hf]'")
+    elif cfg.spec == "synthetic":
+        for n in (cfg.synthetic_train, cfg.synthetic_test):
+            if n < 1:
+                raise UserError(f"synthetic split size {n} must be >= 1")
+    else:
+        raise UserError(f"unknown dataset '{cfg.spec}'; use one of {SPECS}")
+
+
+def _root(cfg: DataConfig) -> Path:
+    return Path(cfg.root).expanduser() if cfg.root else default_root()
+
+
 def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> Dataset:
     """Load `spec` (cifar10 | cifar100 | imagefolder:PATH | hf:NAME[:CONFIG] | synthetic); options are the other
     DataConfig fields."""
@@ -102,11 +132,8 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
     if unknown := set(options) - known:
         raise UserError(f"unknown data option(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = DataConfig(spec=spec, root=root, **options)
-    if cfg.image_size is not None and cfg.image_size < 1:
-        raise UserError(f"data.image_size={cfg.image_size} must be a positive number of pixels (or null)")
-    if cfg.holdout < 0:
-        raise UserError(f"data.holdout={cfg.holdout} must be >= 0")
-    root = Path(cfg.root).expanduser() if cfg.root else default_root()
+    check_data(cfg)
+    root = _root(cfg)
 
     if spec in cifar.SOURCES:
         layout, folder = cifar.find_or_download(spec, root, cfg.download)
@@ -136,8 +163,6 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
         size = cfg.image_size or 32
         train, test = _synthetic(cfg.synthetic_train, 0, size), _synthetic(cfg.synthetic_test, 1, size)
         name, val, cache, classes = "synthetic", None, None, [f"class{i}" for i in range(SYNTHETIC_CLASSES)]
-    else:
-        raise UserError(f"unknown dataset '{spec}'; use one of {SPECS}")
 
     if cfg.holdout:
         train, val = _hold_out(train, cfg.holdout)
@@ -230,9 +255,12 @@ def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[in
     return classes, paths, labels
 
 
-def _load_imagefolder(path: Path, cache_dir: Path, image_size):
+def _check_imagefolder(path: Path) -> None:
     if not (path / "train").is_dir() or not (path / "test").is_dir():
         raise UserError(f"imagefolder:{path} needs {path}/train/<class>/* and {path}/test/<class>/* (and optionally val/)")
+
+
+def _load_imagefolder(path: Path, cache_dir: Path, image_size):
     extensions = image_extensions()
     listing = {s: _list_split(path / s, extensions) for s in ("train", "val", "test") if (path / s).is_dir()}
     classes = listing["train"][0]
@@ -340,8 +368,6 @@ SYNTHETIC_CLASSES = 10
 
 def _synthetic(n: int, stream: int, size: int) -> Split:
     """Deterministic images whose class sets a smooth colour pattern (shared by train and test) under pixel noise."""
-    if n < 1:
-        raise UserError(f"synthetic split size {n} must be >= 1")
     protos = torch.rand(SYNTHETIC_CLASSES, 3, 4, 4, generator=torch.Generator().manual_seed(1234))
     protos = torch.nn.functional.interpolate(protos, size=(size, size), mode="bilinear", align_corners=False)
     g = torch.Generator().manual_seed(stream)

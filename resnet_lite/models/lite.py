@@ -1,7 +1,7 @@
-"""The seed's lightweight ResNets, registered in timm's model registry.
+"""The report's lightweight ResNets, registered in timm's model registry.
 
 A 5x5 stem, stages of two-conv residual blocks with a 1x1 conv + BN shortcut where the shape changes,
-global average pooling and a linear head (../shared/seed/SEED.md). Module names follow the seed
+global average pooling and a linear head (../shared/seed/SEED.md). Module names follow the report's
 notebook (`conv1, bn1, layer1.., gap, fc`), so its `best_model.pth` loads as it is.
 
     python -m resnet_lite.models      # the family at a glance
@@ -22,9 +22,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 
 from ..errors import UserError, did_you_mean, first_line
 
-__all__ = ["LiteResNet", "create_model", "list_models", "convert_seed_state_dict", "published_weights", "WEIGHTS_DIR"]
+__all__ = ["LiteResNet", "create_model", "list_models", "convert_notebook_state_dict", "published_weights",
+           "WEIGHTS_DIR"]
 
-# Computed on the CIFAR-10 training set (the seed notebook prints 0.49139968, 0.48215841, 0.44653091 / ...).
+# Computed on the CIFAR-10 training set (the report's notebook prints 0.49139968, 0.48215841, 0.44653091 / ...).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
@@ -37,7 +38,7 @@ def conv1x1(in_chs, out_chs, stride=1, **dd):
 
 
 class LiteBlock(nn.Module):
-    """The seed's ModifiedResidualBlock: conv-bn-relu-conv-bn plus a shortcut, then ReLU."""
+    """The notebook's ModifiedResidualBlock: conv-bn-relu-conv-bn plus a shortcut, then ReLU."""
 
     def __init__(self, in_chs, out_chs, stride=1, device=None, dtype=None):
         super().__init__()
@@ -50,7 +51,7 @@ class LiteBlock(nn.Module):
         if stride != 1 or in_chs != out_chs:
             self.shortcut = nn.Sequential(conv1x1(in_chs, out_chs, stride, **dd), nn.BatchNorm2d(out_chs, **dd))
         else:
-            self.shortcut = nn.Sequential()  # an empty Sequential, as the seed wrote it: no keys, identity
+            self.shortcut = nn.Sequential()  # an empty Sequential, as the notebook wrote it: no keys, identity
 
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
@@ -69,7 +70,7 @@ class LiteResNet(nn.Module):
         in_chans: input image channels.
         drop_rate: dropout before the classifier.
         global_pool: timm's pooling type ('avg', 'max', 'avgmax', 'catavgmax'; '' for none, with num_classes=0).
-        stem_width, stem_kernel: the seed's stem is a 5x5 conv to 32 channels.
+        stem_width, stem_kernel: the notebook's stem is a 5x5 conv to 32 channels.
         device, dtype: where and in what precision the parameters are created (timm's factory kwargs).
     """
 
@@ -101,7 +102,7 @@ class LiteResNet(nn.Module):
         self.num_features = in_chs
         self.gap, self.fc = self._head(num_classes, global_pool, **dd)
 
-        # The seed's init: He-normal (fan_out) convs, unit BN; the Linear keeps PyTorch's default.
+        # The notebook's init: He-normal (fan_out) convs, unit BN; the Linear keeps PyTorch's default.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -112,7 +113,7 @@ class LiteResNet(nn.Module):
     def _head(self, num_classes, global_pool, device=None, dtype=None):
         if not global_pool and num_classes > 0:
             raise ValueError(f"global_pool='' leaves a feature map, which needs num_classes=0, got {num_classes}")
-        # 'avg' is AdaptiveAvgPool2d(1) + flatten, exactly the seed's gap, so its outputs stay bit-identical
+        # 'avg' is AdaptiveAvgPool2d(1) + flatten, exactly the notebook's gap, so its outputs stay bit-identical
         gap = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_hidden_size = self.num_features * gap.feat_mult()
         fc = nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
@@ -147,7 +148,7 @@ class LiteResNet(nn.Module):
 
     def forward_features(self, x):
         x = self.relu(self.bn1(self.conv1(x)))
-        # The stages stay top-level attributes (layer1..N: the seed's state_dict keys); TorchScript can loop over
+        # The stages stay top-level attributes (layer1..N: the notebook's state_dict keys); TorchScript can loop over
         # named_children() but not over getattr(self, name), so the loop picks them out by name.
         for name, stage in self.named_children():
             if name in self.stage_names:
@@ -252,21 +253,21 @@ def _create_lite_resnet(variant, pretrained=False, **kwargs):
 
 @register_model
 def lite_r4b2(pretrained=False, **kwargs) -> LiteResNet:
-    """Seed model 5 (91.47%): four stages of two blocks, 2,799,146 parameters."""
+    """The report's model 5 (91.47%): four stages of two blocks, 2,799,146 parameters."""
     args = dict(layers=(2, 2, 2, 2), widths=(32, 64, 128, 256), strides=(1, 2, 2, 2))
     return _create_lite_resnet("lite_r4b2", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def lite_r4b3(pretrained=False, **kwargs) -> LiteResNet:
-    """Seed model 8: four stages of three blocks, 4,367,786 parameters."""
+    """The report's model 8: four stages of three blocks, 4,367,786 parameters."""
     args = dict(layers=(3, 3, 3, 3), widths=(32, 64, 128, 256), strides=(1, 2, 2, 2))
     return _create_lite_resnet("lite_r4b3", pretrained, **dict(args, **kwargs))
 
 
 @register_model
 def lite_r5b2(pretrained=False, **kwargs) -> LiteResNet:
-    """Seed models 0-4, 6, 7: five stages, the last of three blocks, 4,587,306 parameters."""
+    """The report's models 0-4, 6, 7: five stages, the last of three blocks, 4,587,306 parameters."""
     args = dict(layers=(2, 2, 2, 2, 3), widths=(32, 64, 128, 128, 256), strides=(1, 2, 2, 2, 2))
     return _create_lite_resnet("lite_r5b2", pretrained, **dict(args, **kwargs))
 
@@ -295,8 +296,8 @@ def create_model(name, pretrained=False, **kwargs):
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
-def convert_seed_state_dict(state_dict):
-    """Map a state_dict saved by the seed notebook (or a wrapped/compiled copy) onto LiteResNet's keys.
+def convert_notebook_state_dict(state_dict):
+    """Map a state_dict saved by the report's notebook (or a wrapped/compiled copy) onto LiteResNet's keys.
 
     Accepts a plain state_dict, or a checkpoint dict holding one under 'state_dict' / 'model'. Strips the
     `module.` prefix of DataParallel/DDP and the `_orig_mod.` prefix of torch.compile.
@@ -311,3 +312,6 @@ def convert_seed_state_dict(state_dict):
                 k = k[len(prefix):]
         out[k.replace("._orig_mod.", ".")] = v
     return out
+
+
+convert_seed_state_dict = convert_notebook_state_dict  # its earlier name: code written against it still runs

@@ -5,7 +5,7 @@
     model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # a run's weights: its model_last
 
 Files are read by resnet_lite.outputs.weights.read_state_dict (as timm's load_state_dict reads them, but torch files
-always with weights_only=True), so a seed-notebook best_model.pth, a timm or resnet_lite checkpoint and a plain
+always with weights_only=True), so a report-notebook best_model.pth, a timm or resnet_lite checkpoint and a plain
 state_dict all load, and a pickle that would run code is refused, not run; timm is handed the tensors, never the
 file. When only the classifier (timm's get_classifier) differs, as with another
 number of classes, the model keeps a new one (reset_classifier); any other difference is a UserError naming the

@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-__all__ = ["Progress", "fmt_time", "print_final", "console"]
+__all__ = ["Progress", "fmt_time", "counted", "progress_line", "print_final", "console"]
 
 
 def console(width: int = 120):
@@ -19,6 +19,11 @@ def console(width: int = 120):
 
 PLAIN_EVERY = 30.0  # seconds between plain progress lines
 REFRESH_EVERY = 0.5  # seconds between reads of the running loss: each read waits for the device
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 epoch', '3 epochs'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def fmt_time(seconds: float) -> str:
@@ -45,7 +50,6 @@ class Progress:
         self.run_steps, self.run_start = 0, None  # steps this process trained, and since when
         if enabled and self.interactive:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as Bar
 
             self.console = Console()
@@ -53,11 +57,8 @@ class Progress:
                 self._tty = os.fdopen(os.dup(sys.stdout.fileno()), "w")
             except (OSError, ValueError, AttributeError):  # a stdout without a descriptor
                 self._tty = None
-            self.bar = Bar(TextColumn("epoch {task.fields[epoch]} {task.fields[phase]}"), BarColumn(),
-                           MofNCompleteColumn(),
-                           TextColumn("{task.fields[ips]} img/s  loss {task.fields[loss]}  lr {task.fields[lr]}"),
-                           TimeRemainingColumn(), TextColumn("run eta {task.fields[run_eta]}"),
-                           console=Console(file=self._tty) if self._tty else self.console, transient=True)
+            bar_console = Console(file=self._tty) if self._tty else self.console
+            self.bar = Bar(progress_line(lambda: bar_console.width), console=bar_console, transient=True)
         self.header_done = False
 
     def print(self, text: str) -> None:
@@ -70,7 +71,7 @@ class Progress:
 
     def start_epoch(self, epoch: int, done_steps: int = 0) -> None:
         """epoch: 1-based; done_steps: steps of this epoch already done before a resume."""
-        self.epoch, self.done, self.images = epoch, done_steps, 0
+        self.epoch, self.done, self.first_done, self.images = epoch, done_steps, done_steps, 0
         self.start = self.last_read = self.last_plain = time.perf_counter()
         self.run_start = self.run_start or self.start
         self.loss = None  # read at the epoch's first step: until then the bar shows "-", not a made-up nan
@@ -78,7 +79,7 @@ class Progress:
             self.bar.start()
             self.task = self.bar.add_task("train", total=self.steps_per_epoch, completed=done_steps,
                                           epoch=f"{epoch}/{self.epochs}", phase="", ips="-", loss="-", lr="-",
-                                          run_eta=self.run_eta())
+                                          eta="-:--:--", run_eta=self.run_eta())
 
     def run_eta(self) -> str:
         """Time left in the whole run: its steps left at this process's pace so far (evaluations included)."""
@@ -102,12 +103,12 @@ class Progress:
             return
         self.last_read, self.loss, self.lr = now, loss(), lr
         ips = self.images / max(now - self.start, 1e-9)
+        eta = (self.steps_per_epoch - self.done) * (now - self.start) / max(self.done - self.first_done, 1)
         if self.bar:
-            self.bar.update(self.task, completed=self.done, ips=f"{ips:>7.0f}", loss=f"{self.loss:.4f}",
-                            lr=f"{lr:.2e}", run_eta=self.run_eta())
+            self.bar.update(self.task, completed=self.done, ips=f"{ips:.0f}", loss=f"{self.loss:.4f}",
+                            lr=f"{lr:.2e}", eta=fmt_time(eta), run_eta=self.run_eta())
         elif now - self.last_plain >= PLAIN_EVERY:
             self.last_plain = now
-            eta = (self.steps_per_epoch - self.done) * (now - self.start) / max(self.done, 1)
             print(f"epoch {self.epoch}/{self.epochs} step {self.done}/{self.steps_per_epoch} loss {self.loss:.4f} "
                   f"lr {lr:.2e} {ips:.0f} img/s eta {fmt_time(eta)} run eta {self.run_eta()}", flush=True)
 
@@ -147,11 +148,37 @@ class Progress:
             self._tty = None
 
 
+def progress_line(width):
+    """The bar's one column: the epoch, its step count and ETA and the run's ETA first, then images/s, loss and lr,
+    and a bar in the room left (none under BAR_MIN columns), so that the counts and ETAs stay whole in an 80-column
+    terminal. width: a callable giving the terminal's current width."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Line(ProgressColumn):
+        def render(self, task) -> Text:
+            f = task.fields
+            left = (f"epoch {f['epoch']} {f['phase'] and f['phase'] + ' '}{int(task.completed)}/{int(task.total)} "
+                    f"eta {f['eta']} run {f['run_eta']}")
+            right = f"{f['ips']} img/s loss {f['loss']} lr {f['lr']}"
+            room = width() - len(left) - len(right) - 3  # three spaces; rich keeps the last column off the edge
+            if room < BAR_MIN:  # one line, cut at the right when even the words are too wide
+                return Text(f"{left} {right}", no_wrap=True, overflow="ellipsis")
+            filled = round(room * task.completed / max(task.total or 1, 1))
+            return Text.assemble(left, " ", ("━" * filled, "bar.complete"), ("━" * (room - filled), "bar.back"), " ",
+                                 right, no_wrap=True, overflow="ellipsis")
+
+    return Line()
+
+
+BAR_MIN = 10  # columns
+
+
 def print_final(summary: dict, classes: list[str]) -> None:
     """The final table: accuracies, time, and accuracy per class."""
     from rich.table import Table
 
-    table = Table(title=f"{summary['model']}: {summary['epochs']} epochs, {summary['run_dir']}")
+    table = Table(title=f"{summary['model']}: {counted(summary['epochs'], 'epoch')}, {summary['run_dir']}")
     table.add_column("")
     table.add_column("value", justify="right")
     which = " (EMA)" if summary.get("ema") else ""

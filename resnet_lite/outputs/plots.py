@@ -82,7 +82,7 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path, title: str
 
 
 def plot_results(rows: list[dict], path) -> None:
-    """Every run's test accuracy per epoch in one figure (the seed report's Figures 1-9 on shared axes)."""
+    """Every run's test accuracy per epoch in one figure (the report's Figures 1-9 on shared axes)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +94,7 @@ def plot_results(rows: list[dict], path) -> None:
     for i, row in enumerate(rows):
         if row["curve"]:
             epochs, acc = zip(*row["curve"])
-            label = f"{row['run']} ({row['variant']})" if row["variant"] else row["run"]
+            label = f"{row['run']} ({row['model']})" if row.get("model") else row["run"]
             ax.plot(epochs, acc, marker="." if len(epochs) < 30 else None, color=plt.cm.tab10(i % 10), label=label)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -2,7 +2,7 @@
 curves.png and summary.json.
 
     reporter = Reporter(cfg, run_dir, accelerator, steps_per_epoch=48, state=state)
-    reporter.start(ds, rows, params=n, resume=None, note=None, ...)   # trackers, config.yaml, what runs where
+    reporter.start(ds, rows, params=n, resume=None, notes=[], ...)    # trackers, config.yaml, what runs where
     ... train_one_epoch(..., reporter.progress, ...) with reporter.step_log as the loop's per-step logger
     reporter.record_epoch(rows, schedule)                     # metrics.jsonl, curves.png every CURVES_EVERY s
     reporter.log_epoch(row, step)                             # the trackers' row and the console's table row
@@ -53,7 +53,7 @@ class Reporter:
         self.step_log = StepLog(lambda values, step: None, 0)
         self.last_curves = time.perf_counter()
 
-    def start(self, ds, rows: list[dict], *, params: int, resume, note: str | None, initial_weights,
+    def start(self, ds, rows: list[dict], *, params: int, resume, notes: list[str], initial_weights,
               replace_earlier: bool) -> None:
         """Start the trackers (W&B with W&B on), then on the main process write the run's first files (write_start)
         and say what runs where: W&B's console log then holds those lines."""
@@ -72,7 +72,7 @@ class Reporter:
                  f"directory {self.run_dir}"]
         if initial_weights and not resume:
             lines.append(f"initial weights: {initial_weights['source']}; {initial_weights['note']}")
-        for line in [*lines, note and f"note: {note}", self.wandb_hint]:
+        for line in [*lines, *(f"note: {note}" for note in notes), self.wandb_hint]:
             if line:
                 self.progress.print(line)
 

@@ -39,9 +39,9 @@ class WandbConfig:
     tags: str | None = field(default=None, metadata={"help": "comma-separated, e.g. cifar10,baseline; null -> $WANDB_TAGS"})
     notes: str | None = field(default=None, metadata={"help": "a description of the run; null -> $WANDB_NOTES"})
     log_every_steps: int = field(default=50, metadata={
-        "help": "optimizer steps between history rows of the train loss (mean since the previous row, all "
-                "processes) and lr, for every tracker of log_with; read when the next is due, so the host never waits "
-                "for them; 0 = per epoch only"})
+        "help": "optimizer steps between history rows of the train loss (mean since the previous row over every "
+                "process's batches) and lr, for every tracker of log_with; read when the next is due, so the host never waits for them; 0 = per "
+                "epoch only"})
     log_model: bool = field(default=False, metadata={
         "help": "upload model_best and model_last (with config.yaml) as versions of the artifact model-<run id>, "
                 "aliases best and last"})

@@ -8,7 +8,7 @@ whatever the installed torch's or timm's default: a pickle that asks for more th
 
     save_weights(model.state_dict(), "runs/m5/model_last.safetensors", {"model": "lite_r4b2", ...})
     state_dict, meta = load_weights("runs/m5/model_last.safetensors")
-    state_dict = read_state_dict("best_model.pth")      # a seed notebook's, a timm checkpoint, a plain state_dict
+    state_dict = read_state_dict("best_model.pth")      # the report's notebook's, a timm checkpoint, a plain state_dict
 """
 import argparse
 import json

@@ -1,5 +1,5 @@
-"""Train several presets as one study, by default the seed's whole Table 1, and set the results beside the seed's; or
-a grid of settings, on this machine or as one Slurm job array.
+"""Train several presets as one study, by default the report's whole Table 1, and set the results beside the report's;
+or a grid of settings, on this machine or as one Slurm job array.
 
     python -m resnet_lite.sweep                                        # model0..model8 as the presets say (70 epochs)
     python -m resnet_lite.sweep model5 model8 --epochs 3 --data synthetic data.image_size=16   # a try on a CPU
@@ -21,8 +21,9 @@ name (unless wandb.group= or $WANDB_RUN_GROUP says otherwise).
 run (time-limit warnings requeue and resume each task there); --wait waits for the array and collects it, and running
 the same command again while the array is queued waits for it (or reports it) rather than submitting it twice (also
 after an sbatch that did not answer: the array is found by its --comment, written to OUTPUT_DIR/slurm.json first).
-After every run, OUTPUT_DIR gets results.md and results.csv (the seed's Table 1 columns beside the measured best and
-final accuracy, epochs, time and parameters; for a grid, each run's own settings instead of the seed's) and results.png
+After every run, OUTPUT_DIR gets results.md and results.csv (the report's model number and accuracy beside what each
+run ran: model, batch, optimizer, lr, epochs, and what it measured: best and final accuracy, time and parameters; for a
+grid, each run's own settings instead of the report's) and results.png
 (every run's test accuracy per epoch in one figure).
 """
 from .local import run_sweep

@@ -14,9 +14,9 @@ from ..config import list_presets, resolve_config
 from ..data.sources import SPECS
 from ..errors import UserError
 from ..training.signals import EXIT_PREEMPTED
-from . import __doc__ as SWEEP_DOC  # the package's docstring: the tool's help
+from . import __doc__ as SWEEP_DOC
 from .local import parse_launcher, run_sweep
-from .plan import SEED_PRESETS, plan_runs
+from .plan import REPORT_PRESETS, plan_runs
 from .results import print_results
 
 __all__ = ["main"]
@@ -24,7 +24,7 @@ __all__ = ["main"]
 def build_parser() -> ArgumentParser:
     p = ArgumentParser("python -m resnet_lite.sweep", SWEEP_DOC)
     p.add_argument("items", nargs="*", metavar="PRESET_OR_KEY=VALUE",
-                   help=f"presets to run (default: {' '.join(SEED_PRESETS)}; all: {' '.join(list_presets())}) and "
+                   help=f"presets to run (default: {' '.join(REPORT_PRESETS)}; all: {' '.join(list_presets())}) and "
                         "overrides for every run, e.g. data.image_size=16, or a list of values to sweep over, e.g. "
                         "optim.lr=0.01,0.003 (a YAML list keeps its commas: optim.betas=[0.9,0.99])")
     p.add_argument("--seeds", type=int, metavar="N", help="each run with seed=0..N-1 (runs named ...-seed0)")
@@ -67,7 +67,7 @@ def _on_stop_signal(signum, frame):
 @cli
 def main(argv=None):
     args = build_parser().parse_intermixed_args(argv)  # presets and overrides may sit on either side of flags
-    presets = [i for i in args.items if "=" not in i] or SEED_PRESETS
+    presets = [i for i in args.items if "=" not in i] or REPORT_PRESETS
     overrides = [i for i in args.items if "=" in i]
     if len(set(presets)) != len(presets):
         raise UserError(f"a preset is listed twice in {' '.join(presets)}")

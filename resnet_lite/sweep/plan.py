@@ -4,11 +4,11 @@ import re
 from dataclasses import dataclass
 
 from ..errors import UserError
-from ..report import SEED_TABLE
+from ..report import REPORT_TABLE
 
-__all__ = ["PlannedRun", "plan_runs", "SEED_PRESETS"]
+__all__ = ["PlannedRun", "plan_runs", "REPORT_PRESETS"]
 
-SEED_PRESETS = [f"model{r['model']}" for r in SEED_TABLE]  # the default study: the seed's Table 1
+REPORT_PRESETS = [f"model{r['model']}" for r in REPORT_TABLE]  # the default study: the report's Table 1
 @dataclass(frozen=True)
 class PlannedRun:
     """One run of a sweep: its folder under OUTPUT_DIR, its preset, and its own settings ((key, value text), ...)."""

@@ -1,9 +1,16 @@
 """Setting up one or many processes: the Accelerator, the precision, DDP's options, and what processes agree on.
 
     with accelerator_session(mixed_precision=resolve_mixed_precision("auto"), kwargs_handlers=[DDPConfig().kwargs_handler()]):
+        agree(accelerator, error)                  # every process raises the UserError one of them met, or none does
+        ds = main_process_first(accelerator, lambda: load_data(cfg))   # one download; a failure stops every process
         ...
         average_bn_stats(model, accelerator)       # before evaluating or saving a model trained on several processes
     pending = DeferredReduce(numbers, world_size)  # a step later: pending.read(), summed over processes
+
+A user's mistake under a launcher must stop every process alike: a process that raises while its peers wait for it in
+a collective leaves them a broken connection (gloo: "Connection closed by peer") and a traceback each. What only some
+processes can meet (a corrupt image, a failed download) therefore goes through `agree`, and every process raises the
+same UserError at the same point.
 """
 import contextlib
 import dataclasses
@@ -17,7 +24,8 @@ from accelerate.utils import DistributedDataParallelKwargs
 
 from ..errors import UserError
 
-__all__ = ["DDPConfig", "resolve_mixed_precision", "accelerator_session", "average_bn_stats", "DeferredReduce"]
+__all__ = ["DDPConfig", "resolve_mixed_precision", "accelerator_session", "agree", "main_process_first",
+           "average_bn_stats", "DeferredReduce"]
 
 
 @dataclass
@@ -68,6 +76,38 @@ def accelerator_session(**kwargs):
         accelerator.end_training()
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
+
+
+def agree(accelerator: Accelerator, error: str | None) -> None:
+    """Raise on every process the UserError that any of them met (`error`: this process's message, None if it met
+    none): the main process's message, else the lowest other rank's, naming it. A collective, so every process calls it
+    at the same point; with one process it raises `error` alone."""
+    errors = [error]
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        errors = gather_object([error])
+    rank, message = next(((r, e) for r, e in enumerate(errors) if e), (None, None))
+    if message:
+        raise UserError(message if rank == 0 else f"{message} (on process {rank})")
+
+
+def main_process_first(accelerator: Accelerator, work):
+    """work() on the main process, then on the others (one download, which the others then read, as Accelerate's
+    main_process_first), returning its result; a UserError on any process is raised on every process (agree), so none
+    is left waiting for one that stopped."""
+
+    def attempt():
+        try:
+            return work(), None
+        except UserError as e:
+            return None, str(e)
+
+    result, error = attempt() if accelerator.is_main_process else (None, None)
+    agree(accelerator, error)
+    result, error = (result, None) if accelerator.is_main_process else attempt()
+    agree(accelerator, error)
+    return result
 
 
 def average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:

@@ -18,10 +18,12 @@ from ..errors import UserError
 from ..models.tools import classifier_prefixes
 
 __all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler", "lr_factor",
+           "warmup_steps", "warmup_note",
            "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULES = ("cosine", "seed_cosine", "onecycle", "constant")
+SCHEDULES = ("cosine", "report_cosine", "onecycle", "constant")
+RENAMED_SCHEDULES = {"seed_cosine": "report_cosine"}  # older configs and checkpoints say seed_cosine
 
 
 @dataclass
@@ -30,7 +32,7 @@ class OptimConfig:
     lr: float = field(default=0.01, metadata={"help": "peak learning rate, used as given whatever the batch size"})
     weight_decay: float = field(default=0.0, metadata={"help": "adam/sgd: L2 added to the gradient; adamw: decoupled"})
     momentum: float = field(default=0.9, metadata={
-        "help": "sgd only (torch's default is 0; the seed's SGD row sets 0 in its preset)"})
+        "help": "sgd only (torch's default is 0; the report's SGD row sets 0 in its preset)"})
     nesterov: bool = field(default=False, metadata={"help": "sgd only"})
     betas: tuple[float, float] = field(default=(0.9, 0.999), metadata={"help": "adam/adamw"})
     no_decay_norm_bias: bool = field(default=False, metadata={
@@ -65,24 +67,32 @@ class OptimConfig:
 class ScheduleConfig:
     name: str = field(default="cosine", metadata={"choices": SCHEDULES, "help": (
         "cosine: one cosine from lr to final_lr_fraction * lr over the run, after the warm-up; "
-        "seed_cosine: the seed notebook's CosineAnnealingLR(T_max=200, eta_min=0) stepped every batch, so the lr "
+        "report_cosine: the report's notebook's CosineAnnealingLR(T_max=200, eta_min=0) stepped every batch, so the lr "
         "falls to 0 and climbs back every 2 * t_max steps for the whole run (the faithful reproduction); "
         "onecycle: linear warm-up to lr, then linear decay to final_lr_fraction * lr (airbench's triangle); "
         "constant: lr after the warm-up")})
     warmup_epochs: float = field(default=0.0, metadata={
-        "help": "linear ramp from start_lr_fraction * lr to lr (not used by seed_cosine)"})
+        "help": "linear ramp from start_lr_fraction * lr to lr (not used by report_cosine), at most "
+                "warmup_max_fraction of the run"})
+    warmup_max_fraction: float = field(default=0.25, metadata={
+        "help": "the warm-up takes at most this fraction of the run, so that a run shorter than its preset planned "
+                "(fast: 2.5 of 12 epochs) still comes down to final_lr_fraction * lr; the console says when it cuts "
+                "the warm-up. 1: warmup_epochs as given, up to the whole run"})
     start_lr_fraction: float = field(default=0.0, metadata={"help": "lr at step 0 during the warm-up, as a fraction of lr"})
     final_lr_fraction: float = field(default=0.0, metadata={
-        "help": "lr at the end (cosine, onecycle) or the minimum (seed_cosine), as a fraction of lr"})
-    t_max: int = field(default=200, metadata={"help": "optimizer steps, seed_cosine's half period"})
+        "help": "lr at the end (cosine, onecycle) or the minimum (report_cosine), as a fraction of lr"})
+    t_max: int = field(default=200, metadata={"help": "optimizer steps, report_cosine's half period"})
 
     def __post_init__(self):
         if self.warmup_epochs < 0 or self.t_max < 1:
             raise UserError(f"schedule: warmup_epochs={self.warmup_epochs} must be >= 0 and t_max={self.t_max} >= 1")
+        if not 0 < self.warmup_max_fraction <= 1:
+            raise UserError(f"schedule.warmup_max_fraction={self.warmup_max_fraction} must be in (0, 1]")
         if not (0 <= self.start_lr_fraction <= 1 and 0 <= self.final_lr_fraction <= 1):
             raise UserError("schedule.start_lr_fraction and schedule.final_lr_fraction must be in [0, 1]")
-        if self.name == "seed_cosine" and self.warmup_epochs:
-            raise UserError("schedule seed_cosine has no warm-up; set schedule.warmup_epochs=0 or use cosine/onecycle")
+        self.name = RENAMED_SCHEDULES.get(self.name, self.name)
+        if self.name == "report_cosine" and self.warmup_epochs:
+            raise UserError("schedule report_cosine has no warm-up; set schedule.warmup_epochs=0 or use cosine/onecycle")
 
 
 def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:
@@ -129,14 +139,30 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
+def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> int:
+    """Optimizer steps of the warm-up: warmup_epochs, at most warmup_max_fraction of the run."""
+    return min(round(cfg.warmup_epochs * steps_per_epoch), round(cfg.warmup_max_fraction * steps_per_epoch * epochs))
+
+
+def warmup_note(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> str | None:
+    """What the console says when the run is too short for the warm-up asked for (None: it is not)."""
+    kept = warmup_steps(cfg, steps_per_epoch, epochs)
+    if cfg.name == "report_cosine" or kept >= round(cfg.warmup_epochs * steps_per_epoch):
+        return None
+    kept /= steps_per_epoch
+    return (f"schedule.warmup_epochs={cfg.warmup_epochs:g} is more than {cfg.warmup_max_fraction:g} of this "
+            f"{epochs}-epoch run: the warm-up takes {kept:.3g} epochs, so that the {cfg.name} schedule still comes "
+            f"down (schedule.warmup_max_fraction=1 keeps the whole warm-up)")
+
+
 def lr_factor(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):
     """f(step) -> the learning rate after `step` optimizer steps, as a fraction of the peak lr."""
     total = steps_per_epoch * epochs
-    warmup = min(round(cfg.warmup_epochs * steps_per_epoch), total)
+    warmup = warmup_steps(cfg, steps_per_epoch, epochs)
     start, final = cfg.start_lr_fraction, cfg.final_lr_fraction
 
     def factor(step: int) -> float:
-        if cfg.name == "seed_cosine":
+        if cfg.name == "report_cosine":
             return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * step / cfg.t_max))
         if step < warmup:
             return start + (1 - start) * step / warmup

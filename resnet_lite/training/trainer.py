@@ -3,7 +3,7 @@
     with stop_signals() as flag, accelerator_session(...) as accelerator, rundir.claimed(...) as run_dir:
         summary = Trainer(cfg, accelerator, run_dir, resume="runs/x/checkpoints/step-00000120.pt", stop_flag=flag).fit()
 
-Building: check the inputs (cheap errors first) -> data -> model (and its weights) -> optimizer and schedule -> the
+Building: check how the processes were started -> data -> model (and its weights) -> optimizer and schedule -> the
 rest of a checkpoint (Checkpointer) -> the report (Reporter: console, W&B, the run's files) -> the loop. The network has
 one name per role: `model` the plain network being trained, `wrapped` what the training steps call (model behind DDP
 and/or torch.compile), `evaluated` the module whose weights are evaluated and saved (the EMA's when enabled, else
@@ -11,8 +11,10 @@ model), `evaluator` the callable an evaluation runs (evaluated, compiled, behind
 """
 import dataclasses
 import functools
+import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -25,7 +27,7 @@ from ..data.augment import build_augment, resolve
 from ..data.images import build_normalize
 from ..data.loader import DeviceLoader
 from ..data.mix import build_mix, soft_target_loss
-from ..data.sources import load_data
+from ..data.sources import check_data, load_data
 from ..errors import UserError, first_line
 from ..models.lite import create_model
 from ..models.pretrained import initial_model, pretrained_source, resolve_weights_file
@@ -37,10 +39,10 @@ from ..outputs.files import read_metrics
 from ..outputs.reporter import Reporter
 from ..outputs.trackers import require_installed
 from .checkpointing import Checkpointer
-from .distributed import average_bn_stats
+from .distributed import average_bn_stats, main_process_first
 from .ema import build_ema, update_ema
 from .engine import DIVERGED, STOPPED, EpochResult, Loop, evaluate_loader, train_one_epoch
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, warmup_note
 from .profiling import StepProfiler
 from .signals import NonFiniteLoss, Preempted, StopCheck, StopFlag
 from .state import TrainState
@@ -74,29 +76,29 @@ class Trainer:
         if cfg.initial_checkpoint and not checkpoint:  # config.yaml names the very file (a run's weights)
             cfg = dataclasses.replace(cfg, initial_checkpoint=str(resolve_weights_file(cfg.initial_checkpoint)))
         self.cfg = cfg = dataclasses.replace(cfg, output_dir=str(self.run_dir))
-        check_inputs(cfg, accelerator, checkpoint, resume)
+        check_processes(cfg, accelerator)
         set_seed(cfg.seed)
         self._load_data()
         self._build_model(checkpoint)
         self._build_optimizer()
-        self.state, note = TrainState(), None
+        self.state = TrainState()
+        notes = [warmup_note(cfg.schedule, self.steps_per_epoch, cfg.epochs)]
         self.checkpointer = Checkpointer(
             cfg, self.run_dir, accelerator, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
             ema=self.ema, state=self.state, classes=self.ds.classes, initial_weights=self.initial_weights,
             steps_per_epoch=self.steps_per_epoch, meta=self._weights_metadata())
         if checkpoint:
-            note = self.checkpointer.restore(checkpoint)
+            notes.append(self.checkpointer.restore(checkpoint))
         self.rows = [r for r in read_metrics(self.run_dir / rundir.METRICS) if r["epoch"] <= self.state.epoch] \
             if checkpoint else []
-        self._start_report(note)
+        self._start_report([n for n in notes if n])
         self._build_loop()
 
     # ------------------------------------------------------------------------------------------ building
 
     def _load_data(self) -> None:
         cfg, rank, world, device = self.cfg, self.rank, self.world, self.device
-        with self.accelerator.main_process_first():  # one download, the others then read it
-            self.ds = ds = load_data(cfg.data)
+        self.ds = ds = main_process_first(self.accelerator, lambda: load_data(cfg.data))  # one download
         self.num_classes, self.image_size = len(ds.classes), ds.train.images.shape[-1]
         self.train_loader = DeviceLoader(ds.train, cfg.batch_size, device=device, train=True, rank=rank,
                                          world_size=world, seed=cfg.seed, drop_last=cfg.drop_last)
@@ -114,12 +116,12 @@ class Trainer:
             raise UserError(f"checkpoint {resume} was trained on {len(checkpoint['classes'])} classes, the data "
                             f"{cfg.data.spec} has {self.num_classes} ({', '.join(self.ds.classes[:5])}...); resume "
                             f"with the run's own data, or start a new run in another --output-dir")
-        with self.accelerator.main_process_first():  # one download of pretrained weights, the others then read it
-            # a resumed run restores its own weights: the starting ones are neither downloaded nor loaded again
-            model, self.initial_weights = initial_model(
-                cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **({} if checkpoint else dict(
-                    pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
-                    initial_checkpoint=cfg.initial_checkpoint)))
+        # one download of pretrained weights, which the others then read; a resumed run restores its own weights: the
+        # starting ones are neither downloaded nor loaded again
+        model, self.initial_weights = main_process_first(self.accelerator, lambda: initial_model(
+            cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **({} if checkpoint else dict(
+                pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
+                initial_checkpoint=cfg.initial_checkpoint))))
         self.architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or cfg.model
         self.params = count_params(model)
         if checkpoint:
@@ -142,7 +144,11 @@ class Trainer:
         optimizer = build_optimizer(self.model, cfg.optim)
         self.scheduler = build_scheduler(optimizer, cfg.schedule, self.steps_per_epoch, cfg.epochs,
                                          cfg.optim.freeze_epochs)
-        self.prepared, self.optimizer = self.accelerator.prepare(self.model, optimizer)  # the loaders shard themselves
+        with warnings.catch_warnings():
+            # torch 2.10+ renames DDP's broadcast_buffers to forward_sync_buffers, which Accelerate cannot pass yet; the
+            # new one would also sync the buffers when DDP wraps the model, which broadcast_buffers=False does not
+            warnings.filterwarnings("ignore", r"`broadcast_buffers` is deprecated", FutureWarning)
+            self.prepared, self.optimizer = self.accelerator.prepare(self.model, optimizer)  # loaders shard themselves
         # prepare() wraps model.forward in a new autocast object per run, and torch.compile guards on that object's
         # identity, so every later run in a process recompiled (a sweep, benchmarks/time_to_accuracy.py); the loops
         # enter autocast themselves
@@ -155,10 +161,10 @@ class Trainer:
                 "image_size": self.image_size, "classes": ds.classes, "mean": list(ds.mean), "std": list(ds.std),
                 "ema": self.cfg.ema.enabled}
 
-    def _start_report(self, note: str | None) -> None:
+    def _start_report(self, notes: list[str]) -> None:
         self.reporter = Reporter(self.cfg, self.run_dir, self.accelerator, steps_per_epoch=self.steps_per_epoch,
                                  state=self.state)
-        self.reporter.start(self.ds, self.rows, params=self.params, resume=self.resume, note=note,
+        self.reporter.start(self.ds, self.rows, params=self.params, resume=self.resume, notes=notes,
                             initial_weights=self.initial_weights, replace_earlier=self.overwrite and self.resume is None)
 
     def _build_loop(self) -> None:
@@ -168,6 +174,8 @@ class Trainer:
         # instead of turning the batch dimension symbolic for every later call
         compiled = (functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
                     else (lambda module: module))
+        if cfg.compile and self.device.type == "cpu":
+            quiet_cuda_home()
         self.evaluator = TTA(compiled(self.evaluated), cfg.tta)  # the plain module: no collective in forward
         # with an EMA, the raw weights are evaluated beside it: an average that lags them shows (ema.eval_raw)
         self.raw_evaluator = TTA(compiled(self.model), cfg.tta) if self.ema is not None and cfg.ema.eval_raw else None
@@ -336,9 +344,41 @@ def sample_predictions(evaluator, evaluated, normalize, split, accelerator, chan
     return [(image, label, int(p.argmax()), float(p.max())) for image, label, p in zip(images, labels.tolist(), probs)]
 
 
-def check_inputs(cfg: TrainConfig, accelerator: Accelerator, checkpoint: dict | None, resume) -> None:
-    """The mistakes that need no data: a launcher Accelerate cannot see, settings this machine cannot run, an unknown
-    model, a tracker not installed, a checkpoint of another run."""
+class _NoCudaRuntimeNote(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("No CUDA runtime is found")
+
+
+def quiet_cuda_home() -> None:
+    """Drop torch's "No CUDA runtime is found, using CUDA_HOME=..." warning: inductor's CPU code generation imports
+    torch.utils.cpp_extension, which says so on any machine with a CUDA toolkit and no GPU; a CPU run needs neither."""
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    if not any(isinstance(f, _NoCudaRuntimeNote) for f in logger.filters):
+        logger.addFilter(_NoCudaRuntimeNote())
+
+
+def check_inputs(cfg: TrainConfig, checkpoint: dict | None, resume) -> None:
+    """The mistakes that show before any image is read or any process waits for another: an unknown model, the data
+    (check_data), weights that cannot be found, a checkpoint of another run."""
+    with torch.device("meta"):  # an unknown model fails now, not after a download
+        create_model(cfg.model)
+    check_data(cfg.data)
+    require_installed(cfg.log_with)
+    if cfg.pretrained and not checkpoint:
+        pretrained_source(cfg.model, cfg.pretrained_path)  # models without weights, a missing file
+    if cfg.initial_checkpoint and not checkpoint:
+        resolve_weights_file(cfg.initial_checkpoint)
+    if checkpoint and checkpoint["config"]["model"] != cfg.model:
+        raise UserError(f"checkpoint {resume} is of {checkpoint['config']['model']}, not {cfg.model}; resume with "
+                        f"the run's own model, or start a new run in another --output-dir")
+    if checkpoint and checkpoint["batch"] and checkpoint["config"]["batch_size"] != cfg.batch_size:
+        raise UserError(f"checkpoint {resume} stopped mid-epoch at batch_size={checkpoint['config']['batch_size']}; "
+                        f"resume with that batch size (an epoch boundary checkpoint may change it)")
+
+
+def check_processes(cfg: TrainConfig, accelerator: Accelerator) -> None:
+    """The mistakes in how the processes were started: a launcher Accelerate cannot see, settings this machine cannot
+    run. The same on every process: no process waits for another before them."""
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if launched > 1 and accelerator.num_processes == 1:  # every process would train the whole set alone, in one folder
         raise UserError(f"the launcher started {launched} processes (WORLD_SIZE) but Accelerate sees one; launch "
@@ -346,14 +386,3 @@ def check_inputs(cfg: TrainConfig, accelerator: Accelerator, checkpoint: dict | 
                         f"torchrun")
     if cfg.sync_bn and accelerator.num_processes > 1 and accelerator.device.type == "cpu":
         raise UserError("sync_bn=true needs GPUs (torch's SyncBatchNorm has no CPU kernel); set sync_bn=false")
-    with torch.device("meta"):  # an unknown model fails now, not after a download
-        create_model(cfg.model)
-    require_installed(cfg.log_with)
-    if cfg.pretrained and not checkpoint:
-        pretrained_source(cfg.model, cfg.pretrained_path)  # models without weights, a missing file
-    if checkpoint and checkpoint["config"]["model"] != cfg.model:
-        raise UserError(f"checkpoint {resume} is of {checkpoint['config']['model']}, not {cfg.model}; resume with "
-                        f"the run's own model, or start a new run in another --output-dir")
-    if checkpoint and checkpoint["batch"] and checkpoint["config"]["batch_size"] != cfg.batch_size:
-        raise UserError(f"checkpoint {resume} stopped mid-epoch at batch_size={checkpoint['config']['batch_size']}; "
-                        f"resume with that batch size (an epoch boundary checkpoint may change it)")

@@ -1,0 +1,19 @@
+"""Write examples/images/: one 16x16 PNG per class of resnet_lite's synthetic dataset, taken from its test split (the
+images the README's CPU try-out evaluates on), so that `python -m resnet_lite.predict runs/try examples/images/` has
+files to read in a fresh clone. The name of each file is its true class.
+
+    python examples/write_images.py
+"""
+from pathlib import Path
+
+from PIL import Image
+
+from resnet_lite.data import load_dataset
+
+out = Path(__file__).resolve().parent / "images"
+out.mkdir(exist_ok=True)
+ds = load_dataset("synthetic", synthetic_train=10, synthetic_test=256, image_size=16)
+for label, name in enumerate(ds.classes):
+    first = int((ds.test.labels == label).nonzero()[0])
+    Image.fromarray(ds.test.images[first].permute(1, 2, 0).numpy()).save(out / f"{name}.png")
+print(f"wrote {len(ds.classes)} images to {out}")
