@@ -313,8 +313,11 @@ def test_wandb_agents_arguments_are_read_as_overrides(capsys):
               "augment.preset": "fast", "batch_size": 64, "schedule.warmup_epochs": 0.5}
     forms = create_sweep_command_args({"args": {k: {"value": v} for k, v in values.items()}})
     configs = [_printed_config(forms[form], capsys) for form in ("args", "args_no_equals", "args_no_hyphens")]
+    for config in configs:  # --print-config fills in where a new run would go: runs/<name>-<time>
+        assert config.pop("output_dir").startswith("runs/lite_r4b2-")
     assert configs[0] == configs[1] == configs[2]
-    assert configs[0] == to_dict(resolve_config(overrides=[f"{k}={v}" for k, v in values.items()]))
+    expected = to_dict(resolve_config(overrides=[f"{k}={v}" for k, v in values.items()]))
+    assert expected.pop("output_dir") is None and configs[0] == expected
     assert configs[0]["optim"]["weight_decay"] == 1e-5 and configs[0]["batch_size"] == 64
 
 
