@@ -50,7 +50,7 @@
 # the GPU is fast; the second call gets the rest of the 15 minutes, model5 first. Every figure stays partial-safe.
 #
 # The same flow on a CPU with tiny settings, with a Python like the GPU machine's (torch, timm, accelerate; resnet_lite
-# and wandb NOT installed), as tests/test_gpu_run.py runs it:
+# and wandb NOT installed), as tests/integration/test_gpu_run.py runs it:
 #   PYTHON=/path/to/bare/python bash benchmarks/gpu_run.sh --dry-run          # ARCHIVE=... for another archive
 #   BUDGET=60 PYTHON=... bash benchmarks/gpu_run.sh --dry-run                 # too small: stages skipped or cut
 #   PYTHON=... bash benchmarks/gpu_run.sh --dry-run --continue --stage model5  # a second call: finishes model5

@@ -226,8 +226,8 @@ log podman-compose -p resnet_lite-test -f docker/compose.yaml build --build-arg 
 mkdir -p "$work/compose/docker" "$work/compose/data" "$work/compose/runs"
 cp docker/compose.yaml "$work/compose/docker/compose.yaml"
 chown -R "$uid:$gid" "$work/compose/data" "$work/compose/runs"
-# a tiny CIFAR-10 in the official binary layout, written by the user in the container (tests/formats.py)
-log podman run --rm --user "$uid:$gid" -v "$work/compose/data:/data" -v "$repo/tests/formats.py:/tmp/formats.py:ro" \
+# a tiny CIFAR-10 in the official binary layout, written by the user in the container (tests/support/formats.py)
+log podman run --rm --user "$uid:$gid" -v "$work/compose/data:/data" -v "$repo/tests/support/formats.py:/tmp/formats.py:ro" \
   "$compose_image" python /tmp/formats.py cifar10-bin /data 256 64
 # This machine refuses to raise a hard limit (runc: "error setting rlimit ... operation not permitted"), and podman
 # drops containers.conf's default_ulimits once a service sets any: the override keeps nofile and nproc at this

@@ -1,16 +1,17 @@
 """Shared test fixtures: tiny datasets written in the official on-disk formats, for any test to reuse.
 
-The writers live in formats.py (`from conftest import write_cifar_bin` still works): write_cifar_bin,
+The writers live in support/formats.py: write_cifar_bin,
 write_cifar_py, write_cifar_archive, write_imagefolder, FakeCifar, FOLDERS.
 
 Fixtures: cifar10_bin, cifar10_py (FakeCifar under tmp_path/"data"); imagefolder (ImageTree: `.root` of a
 written tree, `.files` as write_imagefolder returns); http_server (serve a directory on 127.0.0.1: `http_server(dir) -> base URL`);
 unreachable_url (an http URL on a closed 127.0.0.1 port); jpeg_tarball (path of the real CIFAR-10-JPEG
 archive, or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder root); slurm_cluster (a
-real one-node Slurm, tests/slurm.py, up for the session and torn down after it, or skip saying why there is none).
+real one-node Slurm, support/slurm.py, up for the session and torn down after it, or skip saying why there is none).
 """
 import functools
 import http.server
+import json
 import os
 import shutil
 import socket
@@ -21,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from formats import (  # noqa: F401
+
+from support import REPO
+from support import tiny_run as tiny_run_settings
+from support.formats import (  # noqa: F401
     CIFAR10_CLASSES,
     FOLDERS,
     FakeCifar,
@@ -30,9 +34,6 @@ from formats import (  # noqa: F401
     write_cifar_py,
     write_imagefolder,
 )
-
-REPO = Path(__file__).resolve().parent.parent
-
 
 # ---------------------------------------------------------------------------------------------- fixtures
 
@@ -113,7 +114,7 @@ def cifar10_jpeg_tree(jpeg_tarball, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    from slurm import Cluster, SlurmUnavailable
+    from support.slurm import Cluster, SlurmUnavailable
 
     cluster = Cluster(tmp_path_factory.mktemp("slurm"))
     try:
@@ -124,3 +125,16 @@ def slurm_cluster(tmp_path_factory):
         yield cluster
     finally:
         cluster.stop()  # also after failed tests: no controller or job outlives the session
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One real training run (support/tiny_run.py), made once per test session."""
+    from resnet_lite.train import main as train_main
+
+    run = tmp_path_factory.getbasetemp() / "tiny_run"
+    if not (run / "summary.json").is_file():  # the session's first user trains it
+        train_main([*tiny_run_settings.SETTINGS, "--output-dir", str(run)])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_samples"] == tiny_run_settings.TEST_IMAGES
+    return run
