@@ -319,7 +319,8 @@ def _bad(tmp, case):
     if case == "mistyped setting":
         return [*tiny, "optim.lrr=0.1"], "error: unknown setting 'optim.lrr' in the overrides; did you mean 'optim.lr'?"
     if case == "mistyped flag":
-        return [*tiny, "--learning-rate", "0.1"], "error: unrecognized arguments: --learning-rate 0.1"
+        return [*tiny, "--learning-rate", "0.1"], ("error: unknown setting 'learning_rate' in the overrides; did you "
+                                                   "mean 'optim.lr'?")
     if case == "wrong type":
         return [*tiny, "epochs=1.5"], "error: epochs must be an integer, got 1.5"
     if case == "negative lr":
