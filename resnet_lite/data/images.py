@@ -5,7 +5,6 @@ transform does. An image over PIL's Image.MAX_IMAGE_PIXELS (89 MP) is refused, n
 import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch

@@ -1,4 +1,5 @@
-"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds: resnet_lite.training.state).
+"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds:
+resnet_lite.training.state).
 
 Files are `checkpoints/step-00001234.pt`. A new one is complete (temp file, fsync, rename, fsync of the folder) before
 any other is removed; then the folder keeps the newest `keep` and the best one, and drops those of a later step (left

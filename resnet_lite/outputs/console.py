@@ -136,9 +136,9 @@ class Progress:
             columns.insert(4, "raw acc")
             widths.insert(4, 8)
         if not self.header_done:
-            self.print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+            self.print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
             self.header_done = True
-        self.print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+        self.print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
 
     def close(self) -> None:
         if self.bar:

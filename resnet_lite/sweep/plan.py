@@ -60,11 +60,11 @@ def plan_runs(presets, overrides, seeds: int | None = None) -> tuple[list[Planne
         axes.append(("seed", [str(i) for i in range(seeds)]))
     keys = [key for key, _ in axes]
     leaves = [key.rsplit(".", 1)[-1] for key in keys]
-    short = {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)}
+    short = {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)}
     runs = []
     for preset in presets:
         for combo in itertools.product(*(values for _, values in axes)):
-            settings = tuple(zip(keys, combo))
+            settings = tuple(zip(keys, combo, strict=True))
             parts = [preset] if len(presets) > 1 or not axes else []
             parts += [short[key] + re.sub(r"[^\w.+-]", "_", value) for key, value in settings]
             runs.append(PlannedRun("-".join(parts), preset, settings))

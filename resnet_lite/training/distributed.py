@@ -1,6 +1,7 @@
 """Setting up one or many processes: the Accelerator, the precision, DDP's options, and what processes agree on.
 
-    with accelerator_session(mixed_precision=resolve_mixed_precision("auto"), kwargs_handlers=[DDPConfig().kwargs_handler()]):
+    with accelerator_session(mixed_precision=resolve_mixed_precision("auto"),
+                             kwargs_handlers=[DDPConfig().kwargs_handler()]):
         agree(accelerator, error)                  # every process raises the UserError one of them met, or none does
         ds = main_process_first(accelerator, lambda: load_data(cfg))   # one download; a failure stops every process
         ...

@@ -17,8 +17,8 @@ import torch
 from ..errors import UserError
 from ..models.tools import classifier_prefixes
 
-__all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler", "lr_factor",
-           "warmup_steps", "warmup_note",
+__all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler",
+           "lr_factor", "warmup_steps", "warmup_note",
            "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -78,7 +78,8 @@ class ScheduleConfig:
         "help": "the warm-up takes at most this fraction of the run, so that a run shorter than its preset planned "
                 "(fast: 2.5 of 12 epochs) still comes down to final_lr_fraction * lr; the console says when it cuts "
                 "the warm-up. 1: warmup_epochs as given, up to the whole run"})
-    start_lr_fraction: float = field(default=0.0, metadata={"help": "lr at step 0 during the warm-up, as a fraction of lr"})
+    start_lr_fraction: float = field(default=0.0, metadata={
+        "help": "lr at step 0 during the warm-up, as a fraction of lr"})
     final_lr_fraction: float = field(default=0.0, metadata={
         "help": "lr at the end (cosine, onecycle) or the minimum (report_cosine), as a fraction of lr"})
     t_max: int = field(default=200, metadata={"help": "optimizer steps, report_cosine's half period"})
@@ -92,7 +93,8 @@ class ScheduleConfig:
             raise UserError("schedule.start_lr_fraction and schedule.final_lr_fraction must be in [0, 1]")
         self.name = RENAMED_SCHEDULES.get(self.name, self.name)
         if self.name == "report_cosine" and self.warmup_epochs:
-            raise UserError("schedule report_cosine has no warm-up; set schedule.warmup_epochs=0 or use cosine/onecycle")
+            raise UserError("schedule report_cosine has no warm-up; "
+                            "set schedule.warmup_epochs=0 or use cosine/onecycle")
 
 
 def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:

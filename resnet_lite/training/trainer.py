@@ -133,7 +133,8 @@ class Trainer:
                                 f"({first_line(e)}); resume with the run's own model and data") from None
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(self.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+        self.model = model.to(self.device,
+                              memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
         self.ema = build_ema(cfg.ema, self.model)
         if self.ema is not None and checkpoint and checkpoint.get("ema") is not None:
             self.ema.module.load_state_dict(checkpoint["ema"])
@@ -165,7 +166,8 @@ class Trainer:
         self.reporter = Reporter(self.cfg, self.run_dir, self.accelerator, steps_per_epoch=self.steps_per_epoch,
                                  state=self.state)
         self.reporter.start(self.ds, self.rows, params=self.params, resume=self.resume, notes=notes,
-                            initial_weights=self.initial_weights, replace_earlier=self.overwrite and self.resume is None)
+                            initial_weights=self.initial_weights,
+                            replace_earlier=self.overwrite and self.resume is None)
 
     def _build_loop(self) -> None:
         cfg = self.cfg
@@ -211,7 +213,7 @@ class Trainer:
             t_epoch = time.perf_counter()
             self.reporter.step_log.start_epoch()
             done = train_one_epoch(self.loop, state, epoch, self.train_loader, self.reporter.progress, self.check,
-                                   save=lambda batch, loss_sum, images: self._save(epoch, batch, loss_sum, images))
+                                   save=functools.partial(self._save, epoch))
             if done.outcome == DIVERGED:
                 self._end_run(done.stop, None, epoch)
             if done.outcome == STOPPED:  # a checkpoint at this very step, unless one was due there anyway
@@ -296,13 +298,15 @@ class Trainer:
         self.reporter.close()
         if stop.diverged:
             good = self.checkpointer.last_good()
+            where = f"the last good checkpoint is {good}" if good else "no checkpoint yet"
             raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
-                                f"without saving it: {f'the last good checkpoint is {good}' if good else 'no checkpoint yet'}"
+                                f"without saving it: {where}"
                                 f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
         self.reporter.mark_preempting(stop.signum)
         indices = self.first_indices if self.first_indices is not None else self.train_loader.local_indices()
         self._rank_report(indices, stopped=stop.signal_name)
-        self.accelerator.wait_for_everyone()  # no process exits (a launcher then kills the rest) before the file is whole
+        # no process exits (a launcher then kills the rest) before the file is whole
+        self.accelerator.wait_for_everyone()
         other = "" if self.stop_flag.signum else " on another process"
         raise Preempted(f"stopped by {stop.signal_name}{other} after step {self.state.step} (epoch {epoch + 1}); saved "
                         f"{saved}; continue with: python -m resnet_lite.train --output-dir {self.run_dir} --resume")
@@ -341,7 +345,8 @@ def sample_predictions(evaluator, evaluated, normalize, split, accelerator, chan
         evaluated.eval()
         probs = evaluator(x).float().softmax(1).cpu()
     evaluated.train(was_training)
-    return [(image, label, int(p.argmax()), float(p.max())) for image, label, p in zip(images, labels.tolist(), probs)]
+    return [(image, label, int(p.argmax()), float(p.max()))
+            for image, label, p in zip(images, labels.tolist(), probs, strict=True)]
 
 
 class _NoCudaRuntimeNote(logging.Filter):
