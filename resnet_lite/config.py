@@ -17,6 +17,7 @@ import re
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -283,7 +284,7 @@ def to_yaml(cfg) -> str:
 
 def _paths(cls, prefix="") -> list[str]:
     """Every dotted setting of `cls`, nested dataclasses expanded."""
-    out = []
+    out: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
@@ -443,7 +444,8 @@ def settings_argv(argv, options) -> list[str]:
     --optim.weight-decay 5e-4); a true/false setting alone is true (--ema.enabled), and takes a following true or
     false as its value. A word is a setting when it is not one of the parser's `options` and names one, or looks
     like one (dotted, or with an underscore: a misspelt one then gets the did-you-mean of an override). `--` ends it."""
-    out, words, i = [], list(argv), 0
+    out: list[str] = []
+    words, i = list(argv), 0
     top = {f.name for f in dataclasses.fields(TrainConfig)}
     while i < len(words):
         word = words[i]
@@ -471,7 +473,7 @@ def settings_argv(argv, options) -> list[str]:
 
 
 def _nest(dotted: dict) -> dict:
-    out = {}
+    out: dict = {}
     for key, value in dotted.items():
         node = out
         *parents, leaf = key.split(".")
@@ -502,7 +504,7 @@ def _merge(base: dict, layer: dict, source: str, prefix: str = "", cls=TrainConf
 
 
 def resolve_config(variant: str | None = None, file=None, flags: dict | None = None,
-                   overrides: list[str] = (), base: dict | None = None) -> TrainConfig:
+                   overrides: Sequence[str] = (), base: dict | None = None) -> TrainConfig:
     """The TrainConfig of: `base` (defaults, or a resumed run's config) < preset < file < flags < overrides.
 
     flags: dotted key -> value, from the command line's named flags (None values are skipped)."""

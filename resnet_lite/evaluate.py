@@ -19,6 +19,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -55,7 +56,7 @@ def _data_config(run: TrainedModel, spec: str | None, data_dir: str | None, imag
     if run.config is None and spec is None:
         raise UserError(f"{run.weights} is not in a run directory, so its data is unknown; give --data SPEC ({SPECS})")
     cfg = run.config.data if run.config else DataConfig()
-    changes = {"spec": spec, "root": data_dir, "image_size": image_size}
+    changes: dict[str, Any] = {"spec": spec, "root": data_dir, "image_size": image_size}
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -90,9 +91,11 @@ def evaluate(path, *, data: str | None = None, split: str = "test", weights: str
                             f"{run.image_size}x{run.image_size}; add --image-size {run.image_size}")
         # the run's memory format and compilation too: both change float rounding, and so a near tie's argmax
         channels_last = bool(run.config and run.config.channels_last)
-        model = run.model.to(accelerator.device,
+        # torch's overloads of Module.to leave out memory_format beside a device, which it takes
+        model = run.model.to(accelerator.device,  # type: ignore[call-overload]
                              memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        model = torch.compile(model, backend=run.config.compile_backend) if run.config and run.config.compile else model
+        if run.config and run.config.compile:  # a Module (OptimizedModule), which torch.compile annotates as Callable
+            model = cast(torch.nn.Module, torch.compile(model, backend=run.config.compile_backend))
         loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
         result = evaluate_loader(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)
@@ -144,8 +147,9 @@ def _report(run: TrainedModel, spec, split, tta, batch_size, result, accelerator
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
     }
     # the run's own final measurement is comparable: last weights, its test split, its TTA level
-    if (run.summary and run.weights.name == WEIGHTS["last"] and spec == run.config.data.spec and split == "test"
-            and tta == run.tta):
+    # (a run's summary comes only with its config)
+    if (run.summary and run.config is not None and run.weights.name == WEIGHTS["last"]
+            and spec == run.config.data.spec and split == "test" and tta == run.tta):
         report["run_final_test_acc"] = run.summary["final_test_acc"]
     return report
 
@@ -167,6 +171,7 @@ def print_report(report: dict) -> None:
     console.print(table)
 
     classes, confusion = report["classes"], torch.tensor(report["confusion"])
+    order: list[int] | range
     order = sorted(range(len(classes)), key=lambda i: report["per_class_acc"][classes[i]])[:MAX_TABLE_CLASSES]
     order = order if len(classes) > MAX_TABLE_CLASSES else range(len(classes))
     weakest = f" (the {MAX_TABLE_CLASSES} weakest)" if len(classes) > MAX_TABLE_CLASSES else ""

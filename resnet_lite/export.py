@@ -19,6 +19,7 @@ import importlib.util
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,7 +69,7 @@ def export_onnx(run: TrainedModel, path, dynamo: bool | None = None) -> float:
     dynamo = importlib.util.find_spec("onnxscript") is not None if dynamo is None else dynamo
     path, model = Path(path), run.model.cpu().eval()
     with staged(path) as tmp:
-        names = dict(input_names=["image"], output_names=["logits"])
+        names: dict[str, Any] = dict(input_names=["image"], output_names=["logits"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter announces its end
             if dynamo:

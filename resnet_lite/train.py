@@ -249,6 +249,7 @@ def main(argv=None):
 def _is_finished(found: tuple, cfg: TrainConfig) -> bool:
     """Whether the checkpoint `found` (file, state) ends its own run, which has trained cfg.epochs and written its
     summary (a run stopped after its last checkpoint goes on to write that; another run's folder is refused later)."""
+    assert cfg.output_dir is not None  # resuming: the run's folder, from --output-dir or the checkpoint's path
     (path, state), run = found, Path(cfg.output_dir)
     return (state["epoch"] >= cfg.epochs and not state["batch"] and rundir.run_of(path).resolve() == run.resolve()
             and (run / rundir.SUMMARY).is_file())
@@ -256,6 +257,7 @@ def _is_finished(found: tuple, cfg: TrainConfig) -> bool:
 
 def _finished(done: int, cfg: TrainConfig) -> str:
     """What --resume of a run that has trained all its epochs says."""
+    assert cfg.output_dir is not None  # the finished run's folder (_is_finished)
     summary = Path(cfg.output_dir) / rundir.SUMMARY
     try:
         acc = f", final test accuracy {100 * json.loads(summary.read_text())['final_test_acc']:.2f}%"

@@ -268,7 +268,7 @@ def _checked_members(tar: tarfile.TarFile, target) -> list[tarfile.TarInfo]:
 
 def read(layout: Layout, folder: Path):
     """(train_images, train_labels, test_images, test_labels, classes): uint8 N x 3 x 32 x 32, int64 N."""
-    differ = []
+    differ: list[str] = []  # files whose checksums differ from the published ones
     reader = _read_binary if layout.binary else _read_python
     train = reader(layout, folder, layout.train, differ)
     test = reader(layout, folder, layout.test, differ)

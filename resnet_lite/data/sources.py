@@ -133,10 +133,10 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
         raise UserError(f"unknown data option(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = DataConfig(spec=spec, root=root, **options)
     check_data(cfg)
-    root = _root(cfg)
+    data_root = _root(cfg)  # a Path: the option may be None or a str
 
     if spec in cifar.SOURCES:
-        layout, folder = cifar.find_or_download(spec, root, cfg.download)
+        layout, folder = cifar.find_or_download(spec, data_root, cfg.download)
         x_train, y_train, x_test, y_test, classes = cifar.read(layout, folder)
         train = Split(torch.from_numpy(x_train), torch.from_numpy(y_train))
         test = Split(torch.from_numpy(x_test), torch.from_numpy(y_test))
@@ -145,21 +145,21 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
     elif spec.startswith("imagefolder:"):
         path = Path(spec.split(":", 1)[1]).expanduser()
         name = path.resolve().name
-        splits, classes, key, prefix = _load_imagefolder(path, root, cfg.image_size)
+        splits, classes, key, prefix = _load_imagefolder(path, data_root, cfg.image_size)
         train, test, val = splits["train"], splits["test"], splits.get("val")
         if val is not None and cfg.holdout:
             raise UserError(f"{path / 'val'} exists and data.holdout={cfg.holdout}; "
                             f"use one of the two (holdout=0 to use the folder)")
-        cache = (root, prefix)
+        cache = (data_root, prefix)
     elif spec.startswith("hf:"):
         hub = open_hub(spec, cfg.image_column, cfg.label_column)
         key = hashlib.sha256(f"{hub.fingerprint}/{cfg.image_size}/{CACHE_VERSION}".encode()).hexdigest()[:16]
-        splits = _decoded(root, hub.prefix, key, hub.classes, lambda: _decode_hub(hub, cfg.image_size))
+        splits = _decoded(data_root, hub.prefix, key, hub.classes, lambda: _decode_hub(hub, cfg.image_size))
         name, classes, train, test, val = hub.name, hub.classes, splits["train"], splits["test"], splits.get("val")
         if val is not None and cfg.holdout:
             raise UserError(f"{spec} has a validation split and data.holdout={cfg.holdout}; use one of the two "
                             f"(holdout=0 to use the split)")
-        cache = (root, hub.prefix)
+        cache = (data_root, hub.prefix)
     elif spec == "synthetic":
         size = cfg.image_size or 32
         train, test = _synthetic(cfg.synthetic_train, 0, size), _synthetic(cfg.synthetic_test, 1, size)
@@ -246,7 +246,8 @@ def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[in
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise UserError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
-    paths, labels = [], []
+    paths: list[str] = []
+    labels: list[int] = []
     for label, name in enumerate(classes):
         count = len(paths)
         paths += list_images(os.path.join(folder, name), extensions)

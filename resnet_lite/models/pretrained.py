@@ -76,6 +76,7 @@ def pretrained_source(name: str, pretrained_path=None) -> str:
     if not source:
         raise UserError(f"no pretrained weights are published for {name}; give pretrained_path=FILE "
                         f"(--pretrained-path), or initial_checkpoint=RUN_DIR_OR_FILE instead of pretrained")
+    assert isinstance(source, str), source  # timm's url may be typed a (url, file) pair; no registered model uses one
     return source
 
 

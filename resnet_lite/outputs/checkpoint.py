@@ -35,7 +35,9 @@ def list_checkpoints(directory) -> list[Path]:
 
 
 def _step(path: Path) -> int:
-    return int(_NAME.match(path.name).group(1))
+    match = _NAME.match(path.name)
+    assert match is not None, path  # called on list_checkpoints()' files, which all match
+    return int(match.group(1))
 
 
 def save_checkpoint(state: dict, directory, keep: int, best_step: int | None = None) -> Path:

@@ -268,7 +268,8 @@ def claimed(run_dir, name: str, accelerator, intent: str = "new", resume_from=No
     default_path(name)), claims it and holds it until the block ends; every process gets the same folder (yielded as a
     Path) or the same UserError. One clock and one look at the folder: a process that looked after the main one had
     written config.yaml would refuse alone and leave the others waiting."""
-    stack, decision = contextlib.ExitStack(), [None, None]  # (folder, the error)
+    stack = contextlib.ExitStack()
+    decision: list[str | None] = [None, None]  # (folder, the error)
     if accelerator.is_main_process:
         decision[0] = str(run_dir or default_path(name))
         try:
@@ -281,5 +282,6 @@ def claimed(run_dir, name: str, accelerator, intent: str = "new", resume_from=No
         broadcast_object_list(decision)
     if decision[1]:
         raise UserError(decision[1])
+    assert decision[0] is not None  # the main process chose it, and the broadcast gave it to every process
     with stack:
         yield Path(decision[0])

@@ -12,6 +12,7 @@ import netrc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import UserError
@@ -58,7 +59,8 @@ def _logged_in() -> bool:
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc().authenticators(host) is not None
+        # no host in the URL: only the file's default entry can answer, as it does for ""
+        return netrc.netrc().authenticators(host or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -107,8 +109,8 @@ class StepLog:
 
     def __init__(self, log, every: int, world_size: int = 1):
         self.log, self.every, self.world_size = log, every, world_size
-        self.pending = None  # (step, lr, the DeferredReduce of the row's [loss sum, images])
-        self.mark = None  # (loss_sum, images) at the previous row, on the device
+        self.pending: tuple[int, float, DeferredReduce] | None = None  # (step, lr, the row's [loss sum, images])
+        self.mark: tuple[Any, int] | None = None  # (loss_sum, images) at the previous row, on the device
 
     def __call__(self, step: int, loss_sum, seen: int, lr: float) -> None:
         if not self.every or step % self.every:

@@ -37,7 +37,8 @@ def _values(text: str) -> list[str]:
 def plan_runs(presets, overrides, seeds: int | None = None) -> tuple[list[PlannedRun], list[str], list[str]]:
     """(runs, overrides shared by all, the grid's keys): every preset with every combination of the KEY=V1,V2,...
     values (and seed=0..seeds-1), named by the values that differ (`lr0.01-seed0`)."""
-    shared, axes = [], []
+    shared: list[str] = []
+    axes: list[tuple[str, list[str]]] = []  # (key, its values)
     for override in overrides:
         key, _, value = override.partition("=")
         key, values = key.strip(), _values(value)

@@ -116,6 +116,7 @@ def average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:
     evaluates, and saves, the same model."""
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            assert m.running_mean is not None and m.running_var is not None  # kept with track_running_stats
             m.running_mean.copy_(accelerator.reduce(m.running_mean, "mean"))
             m.running_var.copy_(accelerator.reduce(m.running_var, "mean"))
 

@@ -102,7 +102,8 @@ def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:
     if cfg.layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
-        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        no_weight_decay = getattr(model, "no_weight_decay", None)  # timm's models may name parameters to skip
+        skip = no_weight_decay() if no_weight_decay is not None else ()
         return param_groups_layer_decay(model, cfg.weight_decay, skip, weight_decay_exclude_1d=cfg.no_decay_norm_bias,
                                         layer_decay=cfg.layer_decay)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -138,7 +139,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
     adam = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
+    beta1, beta2 = cfg.betas  # a list when read from YAML
+    return adam(groups, lr=cfg.lr, betas=(beta1, beta2), fused=fused)
 
 
 def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> int:
@@ -151,10 +153,10 @@ def warmup_note(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> str |
     kept = warmup_steps(cfg, steps_per_epoch, epochs)
     if cfg.name == "report_cosine" or kept >= round(cfg.warmup_epochs * steps_per_epoch):
         return None
-    kept /= steps_per_epoch
+    kept_epochs = kept / steps_per_epoch
     return (f"schedule.warmup_epochs={cfg.warmup_epochs:g} is more than {cfg.warmup_max_fraction:g} of this "
-            f"{epochs}-epoch run: the warm-up takes {kept:.3g} epochs, so that the {cfg.name} schedule still comes "
-            f"down (schedule.warmup_max_fraction=1 keeps the whole warm-up)")
+            f"{epochs}-epoch run: the warm-up takes {kept_epochs:.3g} epochs, so that the {cfg.name} schedule still "
+            f"comes down (schedule.warmup_max_fraction=1 keeps the whole warm-up)")
 
 
 def lr_factor(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):

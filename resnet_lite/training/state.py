@@ -60,7 +60,9 @@ REQUIRED = ("model", "optimizer", "scheduler", "config", "rng", "epoch", "batch"
 def rng_state() -> dict:
     """The process's generators: {"torch", "cuda" (per device), "python", "numpy", "numpy_rest"}."""
     py = random.getstate()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: the global generator is MT19937, given as a tuple
+    kind, keys, pos, has_gauss, gauss = state
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python": [py[0], *py[1], py[2]], "numpy": torch.from_numpy(keys.astype(np.int64)),
             "numpy_rest": [pos, has_gauss, gauss]}

@@ -15,7 +15,9 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -118,10 +120,10 @@ class Trainer:
                             f"with the run's own data, or start a new run in another --output-dir")
         # one download of pretrained weights, which the others then read; a resumed run restores its own weights: the
         # starting ones are neither downloaded nor loaded again
+        start: dict[str, Any] = {} if checkpoint else dict(
+            pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path, initial_checkpoint=cfg.initial_checkpoint)
         model, self.initial_weights = main_process_first(self.accelerator, lambda: initial_model(
-            cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **({} if checkpoint else dict(
-                pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
-                initial_checkpoint=cfg.initial_checkpoint))))
+            cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **start))
         self.architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or cfg.model
         self.params = count_params(model)
         if checkpoint:
@@ -174,8 +176,10 @@ class Trainer:
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         # dynamic=False: a new batch size (an evaluation's last batch) gets a graph of its own, as fast as the first,
         # instead of turning the batch dimension symbolic for every later call
-        compiled = (functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
-                    else (lambda module: module))
+        # torch.compile of a Module returns a Module (OptimizedModule), though it is annotated as a Callable
+        compiled = cast(Callable[[torch.nn.Module], torch.nn.Module],
+                        functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
+                        else (lambda module: module))
         if cfg.compile and self.device.type == "cpu":
             quiet_cuda_home()
         self.evaluator = TTA(compiled(self.evaluated), cfg.tta)  # the plain module: no collective in forward
@@ -207,7 +211,9 @@ class Trainer:
         """Train the remaining epochs, evaluating, selecting the best and saving after each; returns the summary."""
         cfg, state = self.cfg, self.state
         self.check = StopCheck(self.stop_flag, self.device, self.world)
-        self.result, self.raw_result, self.first_indices = None, None, None
+        self.result: dict | None = None  # the last test evaluation, and the raw weights' beside an EMA
+        self.raw_result: dict | None = None
+        self.first_indices = None
         self.t_start = time.perf_counter()
         for epoch in range(state.epoch, cfg.epochs):
             t_epoch = time.perf_counter()
@@ -270,7 +276,10 @@ class Trainer:
             self.reporter.progress.evaluating()
             self._evaluate_test()
             val = self._evaluate(self.val_loader) if self.val_loader is not None else None
+        test: dict | None
+        raw: dict | None
         test, raw = (self.result, self.raw_result) if evaluated else ({}, {})
+        assert test is not None  # an evaluated epoch's _evaluate_test() has just set self.result
         row = {"epoch": epoch + 1, "step": state.step, "train_loss": done.train_loss, "test_loss": test.get("loss"),
                "test_acc": test.get("acc"), "lr": done.lr, "epoch_seconds": time.perf_counter() - t_epoch,
                "images_per_second": done.images_per_second}
@@ -285,7 +294,7 @@ class Trainer:
         selected = improved  # model selection on the held-out split when there is one
         if self.val_loader is not None:
             selected = val is not None and val["acc"] > state.best_val["acc"]
-            if selected:
+            if val is not None and selected:
                 state.best_val = {"acc": val["acc"], "epoch": epoch + 1, "test_acc": row["test_acc"]}
         if selected:
             state.best_step = state.step  # this epoch's checkpoint is kept as the best
@@ -323,6 +332,7 @@ class Trainer:
         """model_last.safetensors, then the summary and the reporter's end of the run."""
         if self.result is None:  # nothing left to train (a finished run resumed): evaluate for the summary
             self._evaluate_test()
+        assert self.result is not None  # _evaluate_test() sets it
         summary = self.reporter.summary(self.ds, self.rows, self.result, self.raw_result, params=self.params,
                                         initial_weights=self.initial_weights)
         self._rank_report(self.first_indices)
