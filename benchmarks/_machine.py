@@ -18,7 +18,9 @@ def cpu_name() -> str:
 
 def hardware(device=None) -> str:
     """The GPU (device, or the current one when CUDA is there), else the CPU with its cores and torch threads."""
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"

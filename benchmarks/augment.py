@@ -141,14 +141,16 @@ def main():
         torch.set_num_threads(t)
         rows.append((f"report preset, batched, CPU eager, {t} thread(s)",
                      batched_rate(report, data, bs, ours_count, repeats)))
-        rows.append((f"fast preset, batched, CPU eager, {t} thread(s)", batched_rate(fast, data, bs, ours_count, repeats)))
+        rows.append((f"fast preset, batched, CPU eager, {t} thread(s)",
+                     batched_rate(fast, data, bs, ours_count, repeats)))
     torch.set_num_threads(threads)
     if args.compile:
         compiled = torch.compile(report)
         start = time.perf_counter()
         compiled(data[:bs], torch.Generator().manual_seed(0))
         print(f"torch.compile warm-up {time.perf_counter() - start:.1f} s")
-        rows.append(("report preset, batched, CPU torch.compile", batched_rate(compiled, data, bs, ours_count, repeats)))
+        rows.append(("report preset, batched, CPU torch.compile",
+                     batched_rate(compiled, data, bs, ours_count, repeats)))
     print(f"ours: {ours_count} images x {repeats} passes; ratios are wall over wall (median batch over median batch)")
     for name, (wall, med) in rows:
         print(f"{name}: {wall:10,.0f} images/s (median batch {med:,.0f})  "
@@ -160,7 +162,9 @@ def main():
         generator = torch.Generator(device="cuda").manual_seed(0)
         for batch_size in (bs, 5000):
             perm = torch.randperm(len(gpu_data), device="cuda", generator=generator)
-            epoch = lambda: [report(gpu_data[perm[i:i + batch_size]], generator) for i in range(0, len(perm), batch_size)]
+            def epoch(perm=perm, batch_size=batch_size):  # this iteration's permutation and batch size
+                return [report(gpu_data[perm[i:i + batch_size]], generator) for i in range(0, len(perm), batch_size)]
+
             epoch()  # warm-up: kernels, caching allocator
             times = []
             for _ in range(3):

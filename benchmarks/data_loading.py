@@ -46,7 +46,7 @@ def phase(spec, root, device):
     if device == "cuda" and torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         loader = DeviceLoader(ds.train, 128, device="cuda")
-        for x, y in loader:
+        for _ in loader:
             pass
         torch.cuda.synchronize()
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
@@ -91,7 +91,8 @@ def write_bin_copy(jpeg_root, cache, target):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tarball", help="the CIFAR-10-JPEG archive (required)")
-    parser.add_argument("--work", help="a folder to make the scratch folder in (default: the system's temporary folder)")
+    parser.add_argument("--work",
+                        help="a folder to make the scratch folder in (default: the system's temporary folder)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cuda")
@@ -101,7 +102,8 @@ def main():
         return phase(args.phase, args.root, args.device)
     if not args.tarball or not Path(args.tarball).is_file():
         problem = f"{args.tarball} is not a file; " if args.tarball else ""
-        parser.exit(2, f"data_loading.py: {problem}give the CIFAR-10-JPEG archive: --tarball PATH/cifar10-jpeg.tar.gz\n")
+        parser.exit(2, f"data_loading.py: {problem}give the CIFAR-10-JPEG archive: "
+                       "--tarball PATH/cifar10-jpeg.tar.gz\n")
 
     import torch
 
@@ -127,7 +129,9 @@ def report(args, work: Path, torch):
     jpeg_root, cache = found[0].parent, work / "cache"
     spec = f"imagefolder:{jpeg_root}"
 
-    clear_cache = lambda: shutil.rmtree(cache, ignore_errors=True)
+    def clear_cache():
+        shutil.rmtree(cache, ignore_errors=True)
+
     cold = run_phase(spec, cache, args.repeats, before=clear_cache)
     warm = run_phase(spec, cache, args.repeats)
     write_bin_copy(jpeg_root, cache, work / "bin")
@@ -136,16 +140,20 @@ def report(args, work: Path, torch):
     binary = run_phase("cifar10", work / "bin", args.repeats)
 
     cpu = platform.processor() or platform.machine()
-    print(f"\n{datetime.date.today()}  torch {torch.__version__}  {cpu}, {len(__import__('os').sched_getaffinity(0))} cores"
+    cores = len(__import__('os').sched_getaffinity(0))
+    print(f"\n{datetime.date.today()}  torch {torch.__version__}  {cpu}, {cores} cores"
           f"{'  ' + torch.cuda.get_device_name() if torch.cuda.is_available() else ''}")
     print(f"median of {args.repeats} fresh processes each; peak RSS after imports alone: {cold['import_mib']:.0f} MiB")
     print(f"{'phase':<44}{'seconds':>9}{'host peak MiB':>15}{'child peak MiB':>16}")
     for name, r in [("imagefolder CIFAR-10-JPEG, decode (cold)", cold), ("imagefolder CIFAR-10-JPEG, cached", warm),
-                    ("cifar10 binary layout, stats computed", binary_first), ("cifar10 binary layout, stats cached", binary)]:
+                    ("cifar10 binary layout, stats computed", binary_first),
+                    ("cifar10 binary layout, stats cached", binary)]:
         print(f"{name:<44}{r['seconds']:>9.2f}{r['host_peak_mib']:>15.0f}{r['workers_peak_mib']:>16.0f}")
-    print(f"cached / cold load time: {warm['seconds'] / cold['seconds']:.3f}  (speedup {cold['seconds'] / warm['seconds']:.0f}x)")
+    print(f"cached / cold load time: {warm['seconds'] / cold['seconds']:.3f}  "
+          f"(speedup {cold['seconds'] / warm['seconds']:.0f}x)")
     print(f"train split as uint8: {cold['split_mib']:.1f} MiB; {cold['train']} train / {cold['test']} test")
-    print(f"mean {tuple(round(m, 4) for m in cold['mean'])} std {tuple(round(s, 4) for s in cold['std'])} (CIFAR-10-JPEG)")
+    print(f"mean {tuple(round(m, 4) for m in cold['mean'])} std {tuple(round(s, 4) for s in cold['std'])} "
+          "(CIFAR-10-JPEG)")
     if "cuda_peak_mib" in cold:
         print(f"CUDA peak allocated, train split resident + one epoch of batch 128: {cold['cuda_peak_mib']:.1f} MiB")
 

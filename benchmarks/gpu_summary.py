@@ -58,8 +58,8 @@ def stage_state(stage: str, results: Path, seeds: int = 3) -> tuple[bool, str]:
         for name in FAST_PRESETS:
             seeds_ = presets.get(name, {}).get("seeds", [])
             finished = [s for s in seeds_ if s["complete"] or s["error"]]
-            counts.append(f"{name} {len(finished)}/{seeds} seeds" +
-                          (f" ({sum(bool(s['error']) for s in finished)} failed)" if any(s["error"] for s in finished) else ""))
+            failed = sum(bool(s["error"]) for s in finished)
+            counts.append(f"{name} {len(finished)}/{seeds} seeds" + (f" ({failed} failed)" if failed else ""))
             done = done and len(finished) >= seeds
         return done, ", ".join(counts)
     if stage == "model5":
@@ -103,7 +103,8 @@ def export_weights(results: Path, runs: Path, commit: str, archive: str, archive
         return f"fast94 seed {seed['seed']}: {source} is missing"
     meta_path = results / WEIGHTS_META
     old = _load(meta_path)
-    if old and old.get("seed") == seed["seed"] and old.get("test_acc") == seed["final_test_acc"] and (results / WEIGHTS).is_file():
+    if (old and old.get("seed") == seed["seed"] and old.get("test_acc") == seed["final_test_acc"]
+            and (results / WEIGHTS).is_file()):
         return f"fast94 seed {seed['seed']} (final test acc {100 * seed['final_test_acc']:.2f}%): already exported"
     shutil.copyfile(source, results / WEIGHTS)
     config = source.parent / "config.yaml"
@@ -133,7 +134,8 @@ def _env_line(data) -> str:
 
 
 def _stages(results: Path, seeds: int) -> list[str]:
-    lines = ["## Stages", "", "| call | stage | status | seconds | time limit s | detail |", "|---|---|---|---|---|---|"]
+    lines = ["## Stages", "", "| call | stage | status | seconds | time limit s | detail |",
+             "|---|---|---|---|---|---|"]
     records = []
     path = results / "stages.jsonl"
     if path.is_file():
@@ -223,7 +225,8 @@ def _targets(results: Path) -> list[str]:
         return lines + [f"not judged: model5 finished {base['epochs_done']} of its {base_res['epochs']} epochs, and "
                         f"an unfinished model5 (its schedule cut short) is no baseline. Finish it with `bash "
                         f"benchmarks/gpu_run.sh --continue --stage model5`.", ""]
-    lines += [f"model5 (seed 0, all {base['epochs_done']} epochs{', resumed from a checkpoint' if base.get('resumed') else ''}):"
+    resumed = ", resumed from a checkpoint" if base.get("resumed") else ""
+    lines += [f"model5 (seed 0, all {base['epochs_done']} epochs{resumed}):"
               f" final test acc {100 * base['final_test_acc']:.2f}%, train {base['train_seconds']:.1f} s", ""]
     if not fast:
         return lines + ["fast presets: not run", ""]
@@ -257,8 +260,8 @@ def _weights(results: Path) -> list[str]:
 
 def write_summary(results: Path, out: Path, seeds: int = 3) -> str:
     env = results / "env.txt"
-    parts = ["# GPU run (benchmarks/gpu_run.sh)", "", "```", env.read_text().strip() if env.is_file() else "(no env.txt)",
-             "```", ""]
+    parts = ["# GPU run (benchmarks/gpu_run.sh)", "", "```",
+             env.read_text().strip() if env.is_file() else "(no env.txt)", "```", ""]
     parts += _stages(results, seeds)
     parts += _throughput(results)
     parts += _tta(results, "tta_fast.json", "Time to accuracy: fast presets")

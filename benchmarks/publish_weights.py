@@ -73,7 +73,8 @@ def entry_for(meta: dict, file_meta: dict, file_name: str, sha256: str, tag: str
               f"seeds by final test accuracy")
     notes = [f"data: {data}", f"recipe: {recipe}", f"commit: {meta.get('commit')}",
              f"test accuracy: {acc} (final epoch, TTA {meta.get('tta')}, EMA {meta.get('ema')}, "
-             f"{meta.get('mixed_precision')}, on {meta.get('hardware')}, torch {meta.get('torch')}, {meta.get('date')})"]
+             f"{meta.get('mixed_precision')}, on {meta.get('hardware')}, torch {meta.get('torch')}, "
+             f"{meta.get('date')})"]
     if measured:
         notes.append(f"test accuracy here: {100 * measured['acc']:.2f}% (CPU, fp32, TTA {meta.get('tta')}, "
                      f"resnet_lite.evaluate, {measured['samples']} images)")
@@ -86,9 +87,11 @@ def entry_for(meta: dict, file_meta: dict, file_name: str, sha256: str, tag: str
         "mixed_precision": meta.get("mixed_precision"),
         "test_acc_cpu_fp32": measured["acc"] if measured else None,
         "data": data, "archive_sha256": meta.get("archive_sha256"), "recipe": recipe, "preset": meta["preset"],
-        "seed": meta["seed"], "commit": meta.get("commit"), "trained_on": f"{meta.get('hardware')}, torch {meta.get('torch')}",
+        "seed": meta["seed"], "commit": meta.get("commit"),
+        "trained_on": f"{meta.get('hardware')}, torch {meta.get('torch')}",
         "date": meta.get("date"), "published": str(datetime.date.today()),
-        "description": f"{meta['model']} trained with the {meta['preset']} recipe on CIFAR-10-JPEG: {acc} test accuracy",
+        "description": f"{meta['model']} trained with the {meta['preset']} recipe on CIFAR-10-JPEG: "
+                       f"{acc} test accuracy",
         "notes": notes,
     }
 

@@ -1,12 +1,14 @@
-"""What the trainer's per-step stop check costs: resnet_lite.training.signals.StopCheck (a MAX all-reduce of three numbers per
-optimizer step, read one step later) against the same DDP training step without it, in one and in two processes.
+"""What the trainer's per-step stop check costs: resnet_lite.training.signals.StopCheck
+(a MAX all-reduce of three numbers per optimizer step, read one step later) against the same DDP training step
+without it, in one and in two processes.
 
     python benchmarks/stop_check.py                          # CPU: gloo; on GPUs: NCCL, one process per GPU
     python benchmarks/stop_check.py --image-size 32 --batch-size 128 --steps 20 --rounds 3
 
 Each round times `steps` plain steps, `steps` steps with the lagged check (what the trainer does between
 checkpoints) and `steps` with a waited one (what it does before a checkpoint), in turn, so load from other jobs hits
-all three (each leads a round in turn); per setting it prints the median round's milliseconds per step and the ratio to plain steps.
+all three (each leads a round in turn); per setting it prints the median round's milliseconds per step and the
+ratio to plain steps.
 """
 import argparse
 import datetime
@@ -83,7 +85,8 @@ def main():
     gpus = torch.cuda.device_count()
     device = torch.cuda.get_device_name(0) if gpus else platform.processor() or platform.machine()
     print(f"{device}, {os.cpu_count()} CPUs, torch {torch.__version__}, {datetime.date.today()}; lite_r4b2, "
-          f"{args.image_size}x{args.image_size}, global batch {args.batch_size}, {args.steps} steps x {args.rounds} rounds")
+          f"{args.image_size}x{args.image_size}, global batch {args.batch_size}, "
+          f"{args.steps} steps x {args.rounds} rounds")
     print("| processes | check | ms per step | ratio to plain |\n|---|---|---|---|")
     for world, port in ((1, 29531), (2, 29532)):
         if gpus and world > gpus:

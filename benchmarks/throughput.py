@@ -102,7 +102,8 @@ class Bench:
         if setting.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self.model = torch.compile(net, backend=args.compile_backend) if setting.compile else net
-        self.optimizer = build_optimizer(net, OptimConfig("sgd", lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4))
+        self.optimizer = build_optimizer(
+            net, OptimConfig("sgd", lr=1e-3, momentum=0.9, nesterov=True, weight_decay=5e-4))
         g = torch.Generator().manual_seed(0)
         size = (args.batch_size, 3, args.image_size, args.image_size)
         self.pixels = torch.randint(0, 256, size, generator=g, dtype=torch.uint8).to(device)
@@ -219,7 +220,8 @@ def _cleanup(device) -> None:
 
 
 def table(results: list[dict], macs: dict) -> str:
-    lines = ["| variant | setting | step img/s | x fp32 | +aug img/s | x fp32 | step TFLOP/s | GPU busy % | warm-up s |",
+    lines = ["| variant | setting | step img/s | x fp32 | +aug img/s | x fp32 | step TFLOP/s | GPU busy % "
+             "| warm-up s |",
              "|---|---|---|---|---|---|---|---|---|"]
     base = {r["variant"]: r for r in results if r["name"] == SETTINGS[0].name and "error" not in r}
     order = {s.name: i for i, s in enumerate(SETTINGS)}
@@ -230,7 +232,7 @@ def table(results: list[dict], macs: dict) -> str:
             continue
         b = base.get(r["variant"])
 
-        def ratio(column):
+        def ratio(column, r=r, b=b):  # called within this iteration; bound to it all the same
             return f"{r[column] / b[column]:.2f}" if b else "-"
         tflops = 6 * macs[r["variant"]] * r["step_images_per_second"] / 1e12
         busy = f"{100 * r['gpu_busy_fraction']:.0f}" if r.get("gpu_busy_fraction") else "-"
@@ -250,14 +252,18 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=30, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (compilation happens here)")
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile setting (slow to compile on a CPU)")
+    p.add_argument("--no-compile", action="store_true",
+                   help="skip the torch.compile setting (slow to compile on a CPU)")
     p.add_argument("--compile-variants", nargs="+", metavar="VARIANT",
-                   help="run the torch.compile setting for these variants only (default: all); compiling costs ~a minute each")
+                   help="run the torch.compile setting for these variants only (default: all); "
+                        "compiling costs ~a minute each")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend (eager or aot_eager trace the same graph without generating code: a "
                         "quick check of the compile path on a CPU)")
-    p.add_argument("--profile-steps", type=int, default=10, help="CUDA: steps profiled for the GPU busy column (0: none)")
-    p.add_argument("--quick", action="store_true", help="16x16 images, batch 8, 3 rounds of 2 steps after 1 warm-up: a CPU smoke run")
+    p.add_argument("--profile-steps", type=int, default=10,
+                   help="CUDA: steps profiled for the GPU busy column (0: none)")
+    p.add_argument("--quick", action="store_true",
+                   help="16x16 images, batch 8, 3 rounds of 2 steps after 1 warm-up: a CPU smoke run")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--json", metavar="PATH", help="also write the results and environment as JSON (after every round)")
     p.add_argument("--append", action="store_true",
@@ -289,7 +295,8 @@ def main(argv=None):
     print(f"hardware: {env['hardware']}; torch {env['torch']}; python {env['python']}; {env['date']}; "
           f"load average {env['load_average'][0]:.1f}")
     print(f"command: {env['command']}", flush=True)
-    macs = {v: count_macs(create_model(v, num_classes=10), (3, args.image_size, args.image_size)) for v in args.variants}
+    macs = {v: count_macs(create_model(v, num_classes=10), (3, args.image_size, args.image_size))
+            for v in args.variants}
     results = [r for r in earlier if (r["variant"], r["name"]) in done]
 
     def record(variant_results):

@@ -57,7 +57,7 @@ GRACE = 15  # seconds a stopped training process gets to save its checkpoint bef
 
 def train_seconds(rows: list[dict], epoch_images: list[int]) -> list[float]:
     """Training seconds of each epoch: the trainer writes images_per_second = epoch images / training seconds."""
-    return [n / r["images_per_second"] for r, n in zip(rows, epoch_images)]
+    return [n / r["images_per_second"] for r, n in zip(rows, epoch_images, strict=True)]
 
 
 def time_to_targets(rows: list[dict], seconds: list[float], targets) -> dict:
@@ -66,7 +66,7 @@ def time_to_targets(rows: list[dict], seconds: list[float], targets) -> dict:
     out = {}
     for target in targets:
         elapsed, out[f"{target:g}"] = 0.0, None
-        for row, s in zip(rows, seconds):
+        for row, s in zip(rows, seconds, strict=True):
             elapsed += s
             if row["test_acc"] is not None and row["test_acc"] >= target:
                 out[f"{target:g}"] = {"epoch": row["epoch"], "seconds": elapsed}
@@ -178,7 +178,8 @@ def report(preset: str, seeds: list[dict], targets, epochs: int) -> str:
         lines.append("| " + " | ".join(cells(s)) + " |")
     done = [s for s in seeds if s["rows"]]
     complete = sum(bool(s["complete"]) for s in done)
-    mean = ["mean ± std", f"{complete} complete seeds", _mean_std([100 * s["final_test_acc"] for s in done if s["complete"]]),
+    mean = ["mean ± std", f"{complete} complete seeds",
+            _mean_std([100 * s["final_test_acc"] for s in done if s["complete"]]),
             _mean_std([s["train_seconds"] for s in done if s["complete"]]),
             _mean_std([s["steady_train_seconds"] for s in done if s["complete"]]), "", ""]
     for t in targets:
@@ -211,7 +212,8 @@ def _result(seed, rows, summary, epoch_images, epochs, targets, wall, **extra) -
             "best_test_acc": max((r["test_acc"] for r in rows if r["test_acc"] is not None), default=None),
             "train_seconds": sum(seconds), "steady_train_seconds": sum(steady), "epoch_seconds": seconds,
             "median_epoch_seconds": median, "wall_seconds": wall,
-            "reached": time_to_targets(rows, seconds, targets), "reached_steady": time_to_targets(rows, steady, targets),
+            "reached": time_to_targets(rows, seconds, targets),
+            "reached_steady": time_to_targets(rows, steady, targets),
             "rows": rows, "summary": {k: v for k, v in (summary or {}).items() if k != "per_class_acc"},
             "compile": True, "compile_error": None, "retried_without_compile": False, "error": None, "stopped": None,
             **extra}
@@ -300,8 +302,10 @@ def _earlier(path, env, names) -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings over the preset, as for resnet_lite.train")
-    p.add_argument("--preset", nargs="+", default=["fast"], help="one or more presets, run in this order in one process")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="settings over the preset, as for resnet_lite.train")
+    p.add_argument("--preset", nargs="+", default=["fast"],
+                   help="one or more presets, run in this order in one process")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     p.add_argument("--interleave", action="store_true",
                    help="seed by seed over the presets (fast 0, fast94 0, fast 1, ...) instead of preset by preset: a "
@@ -312,8 +316,9 @@ def main(argv=None):
                    help="use the first TRAIN / TEST images (split evenly over classes) of an imagefolder:PATH dataset")
     p.add_argument("--targets", nargs="+", type=float, default=list(TARGETS))
     p.add_argument("--runner", choices=["inprocess", "subprocess"], default="inprocess")
-    p.add_argument("--run-timeout", type=float, help="subprocess runner: stop a run (SIGTERM, so it saves a checkpoint) "
-                                                     "after this many seconds and report its epochs so far")
+    p.add_argument("--run-timeout", type=float,
+                   help="subprocess runner: stop a run (SIGTERM, so it saves a checkpoint) "
+                        "after this many seconds and report its epochs so far")
     p.add_argument("--resume", action="store_true",
                    help="subprocess runner: continue a run's checkpoint in --out (left by a run stopped at its time "
                         "limit) instead of starting it again")
@@ -354,8 +359,9 @@ def _main(p, args, start):
             root = subset_imagefolder(Path(spec.split(":", 1)[1]).expanduser(), *args.subset, out / "subset")
             overrides.append(f"data.spec=imagefolder:{root}")
         configs = {name: resolve_config(name, overrides=overrides) for name in args.preset}
+        first = configs[args.preset[0]].data
         for cfg in configs.values():
-            if cfg.data.spec != configs[args.preset[0]].data.spec or cfg.data.holdout != configs[args.preset[0]].data.holdout:
+            if cfg.data.spec != first.spec or cfg.data.holdout != first.holdout:
                 p.error("all presets of one call must use the same data; give --data")
         env = {"hardware": hardware(), "torch": torch.__version__, "python": platform.python_version(),
                "date": str(datetime.date.today()), "command": "python " + " ".join(sys.argv),
@@ -385,7 +391,8 @@ def _main(p, args, start):
             del ds
             env.update(train_images=n_train, data_load_seconds=time.perf_counter() - t0)
             for name, cfg in configs.items():
-                results[name]["epoch_images"] = (n_train // cfg.batch_size) * cfg.batch_size if cfg.drop_last else n_train
+                full_batches = (n_train // cfg.batch_size) * cfg.batch_size
+                results[name]["epoch_images"] = full_batches if cfg.drop_last else n_train
             print(f"time to accuracy: presets {', '.join(args.preset)}, {args.seeds} seeds, data {env['data']} "
                   f"({n_train} training images)" + (f"; {len(order) - len(todo)} runs done earlier" if earlier else ""),
                   flush=True)

@@ -50,7 +50,8 @@ def bare_loop(ds, args, device, precision):
     model = create_model(args.model, num_classes=len(ds.classes)).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     steps = -(-len(ds.train) // args.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / (steps * args.epochs))))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / (steps * args.epochs))))
     augment = build_augment("report", ds.mean, ds.std)
     images, labels = ds.train.images.to(device), ds.train.labels.to(device)
     generator = torch.Generator(device=device).manual_seed(0)
@@ -77,7 +78,8 @@ def bare_loop(ds, args, device, precision):
 def trainer(args, out, precision):
     """(training images/s per epoch, whole-epoch images/s per epoch), first epoch dropped, from metrics.jsonl."""
     cfg = resolve_config(overrides=[
-        f"model={args.model}", "data.spec=synthetic", f"data.synthetic_train={args.train_images}", "data.synthetic_test=256",
+        f"model={args.model}", "data.spec=synthetic", f"data.synthetic_train={args.train_images}",
+        "data.synthetic_test=256",
         f"data.image_size={args.image_size}", f"batch_size={args.batch_size}", f"epochs={args.epochs}",
         f"eval_every={args.epochs}", "optim.lr=0.01", "schedule.name=cosine", f"mixed_precision={precision}",
         "wandb=disabled", f"output_dir={out}"])
@@ -107,7 +109,8 @@ def main():
         args.image_size, args.train_images, args.rounds = 16, 512, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
-    ds = load_data(DataConfig("synthetic", synthetic_train=args.train_images, synthetic_test=256, image_size=args.image_size))
+    ds = load_data(DataConfig("synthetic", synthetic_train=args.train_images, synthetic_test=256,
+                              image_size=args.image_size))
 
     print(f"trainer overhead: {args.model}, batch {args.batch_size}, {args.train_images} synthetic "
           f"{args.image_size}x{args.image_size} images/epoch, {args.epochs} epochs/run (first dropped), "

@@ -17,6 +17,7 @@ import re
 import textwrap
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +35,9 @@ from .training.distributed import DDPConfig
 from .training.ema import EMAConfig
 from .training.optim import RENAMED_SCHEDULES, OptimConfig, ScheduleConfig
 
-__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset", "read_yaml", "load_yaml",
-           "parse_override", "settings_argv", "settings_help", "MIXED_PRECISION", "WANDB_MODES"]
+__all__ = ["TrainConfig", "resolve_config", "from_dict", "to_dict", "to_yaml", "list_presets", "read_preset",
+           "read_yaml", "load_yaml", "parse_override", "settings_argv", "settings_help", "MIXED_PRECISION",
+           "WANDB_MODES"]
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 
@@ -64,21 +66,26 @@ class TrainConfig:
     batch_size: int = field(default=128, metadata={
         "help": "GLOBAL images per optimizer step: all processes and accumulation steps together"})
     eval_batch_size: int = field(default=512, metadata={"help": "global, split across processes like batch_size"})
-    seed: int = field(default=0, metadata={"help": "the random seed of the weights, the data order and the augmentation"})
-    output_dir: str | None = field(default=None, metadata={"help": "run directory; null -> runs/<name>-<YYYYmmdd-HHMMSS>"})
+    seed: int = field(default=0, metadata={
+        "help": "the random seed of the weights, the data order and the augmentation"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "run directory; null -> runs/<name>-<YYYYmmdd-HHMMSS>"})
     mixed_precision: str = field(default="auto", metadata={
         "choices": MIXED_PRECISION, "help": "auto: the launcher's setting, else bf16 where CUDA has it"})
     grad_accum: int = field(default=1, metadata={
         "help": "micro-batches per optimizer step (each batch_size / grad_accum images); saves memory only"})
-    sync_bn: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (no effect with one process)"})
-    channels_last: bool = field(default=False, metadata={"help": "channels-last memory format for the model and batches"})
+    sync_bn: bool = field(default=False, metadata={
+        "help": "SyncBatchNorm across processes (no effect with one process)"})
+    channels_last: bool = field(default=False, metadata={
+        "help": "channels-last memory format for the model and batches"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     compile_backend: str = field(default="inductor", metadata={
         "help": "torch.compile's backend (timm's --torchcompile): inductor generates kernels; aot_eager or eager "
                 "trace the same graphs (guards, recompiles) without generating code"})
     eval_every: int = field(default=1, metadata={
         "help": "epochs between test evaluations (the last epoch is always evaluated)"})
-    label_smoothing: float = field(default=0.0, metadata={"help": "label smoothing of the cross-entropy loss, in [0, 1)"})
+    label_smoothing: float = field(default=0.0, metadata={
+        "help": "label smoothing of the cross-entropy loss, in [0, 1)"})
     tta: int = field(default=0, metadata={
         "help": "test-time augmentation at every evaluation: 0 none, 1 flip, 2 flip + 1-pixel translate (airbench)"})
     drop_last: bool = field(default=False, metadata={
@@ -100,11 +107,13 @@ class TrainConfig:
         "help": "record this many optimizer steps with torch.profiler after a warm-up of 6: a Chrome trace and a table "
                 "of the top operators per process in <output_dir>/profile, then train on unprofiled; 0 = off "
                 "(resnet_lite.training.profiling)"})
-    keep_checkpoints: int = field(default=2, metadata={"help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
+    keep_checkpoints: int = field(default=2, metadata={
+        "help": "newest resumable checkpoints kept in <output_dir>/checkpoints"})
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "the dataset (resnet_lite.data)"})
     augment: AugmentConfig = field(default_factory=AugmentConfig, metadata={
         "help": "training augmentation (resnet_lite.data.augment)"})
-    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "the optimizer (resnet_lite.training.optim)"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={
+        "help": "the optimizer (resnet_lite.training.optim)"})
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig, metadata={
         "help": "the learning-rate schedule (resnet_lite.training.optim)"})
     ema: EMAConfig = field(default_factory=EMAConfig, metadata={
@@ -136,8 +145,8 @@ class TrainConfig:
         check_tta(self.tta)
         self.log_with = check_log_with(self.log_with)
         if self.wandb.mode in ("online", "offline") and "wandb" not in self.log_with:
-            raise UserError(f"wandb.mode={self.wandb.mode} but log_with={','.join(self.log_with) or '[]'} leaves W&B out; "
-                            f"add wandb to --log-with, or drop the W&B mode")
+            raise UserError(f"wandb.mode={self.wandb.mode} but log_with={','.join(self.log_with) or '[]'} "
+                            f"leaves W&B out; add wandb to --log-with, or drop the W&B mode")
         if self.compile and self.compile_backend != "inductor":
             import torch._dynamo
 
@@ -164,14 +173,16 @@ def _type_name(tp) -> str:
     if typing.get_origin(tp) in (tuple, list):
         count = "" if Ellipsis in args else f"{len(args)} "
         return f"a list of {count}{_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _convert(value, tp, key):
     """`value` as type `tp`, or a UserError naming `key`, the expected type and the value."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() == "none" and type(None) in args and str not in args):
+        spelled_none = isinstance(value, str) and value.lower() == "none" and type(None) in args and str not in args
+        if value is None or spelled_none:
             if type(None) in args:
                 return None
         for arg in (a for a in args if a is not type(None)):
@@ -187,7 +198,7 @@ def _convert(value, tp, key):
             value = [v.strip() for v in value.split(",") if v.strip()]
         item_types = args if Ellipsis not in args else (args[0],) * len(value or ())
         if isinstance(value, (list, tuple)) and len(value) == len(item_types):
-            items = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types))]
+            items = [_convert(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_types, strict=True))]
             return origin(items)
     elif tp is bool:
         if isinstance(value, bool):
@@ -203,7 +214,8 @@ def _convert(value, tp, key):
             return value
     else:
         raise TypeError(f"config field {key} has an unsupported type {tp}")
-    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); fix it in the config or override")
+    raise UserError(f"{key} must be {_type_name(tp)}, got {value!r} ({type(value).__name__}); "
+                    f"fix it in the config or override")
 
 
 def _upgrade(data: dict) -> dict:
@@ -246,8 +258,8 @@ def from_dict(cls, data: dict, prefix: str = ""):
         value = _convert(value, hints[key], prefix + key)
         choices = known[key].metadata.get("choices")
         if choices and value not in choices:
-            raise UserError(f"{prefix}{key}={value!r} is not one of {', '.join(choices)}; {did_you_mean(value, choices)}"
-                            .rstrip("; "))
+            raise UserError(f"{prefix}{key}={value!r} is not one of {', '.join(choices)}; "
+                            f"{did_you_mean(value, choices)}".rstrip("; "))
         values[key] = value
     return cls(**values)
 
@@ -272,7 +284,7 @@ def to_yaml(cfg) -> str:
 
 def _paths(cls, prefix="") -> list[str]:
     """Every dotted setting of `cls`, nested dataclasses expanded."""
-    out = []
+    out: list[str] = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
@@ -338,7 +350,7 @@ def _suggest(key: str, cls) -> str:
     return f"known settings{' under ' + parent.rstrip('.') if parent else ''}: {', '.join(siblings)}"
 
 
-# ---------------------------------------------------------------------------------------------- YAML, presets, overrides
+# ------------------------------------------------------------------------------------- YAML, presets, overrides
 
 
 class _Loader(yaml.SafeLoader):
@@ -350,8 +362,10 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float",
+                              re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
                               list("-+0123456789."))
 
 
@@ -390,7 +404,8 @@ def read_preset(name: str) -> dict:
     presets = list_presets()
     if name not in presets:
         hint = did_you_mean(name, presets, n=3, cutoff=0.5)
-        raise UserError(f"unknown preset '{name}'; {hint + ' ' if hint else ''}(presets: {', '.join(presets)}; `python -m resnet_lite.train --list`)")
+        raise UserError(f"unknown preset '{name}'; {hint + ' ' if hint else ''}(presets: {', '.join(presets)}; "
+                        f"`python -m resnet_lite.train --list`)")
     data = load_yaml(_presets_dir().joinpath(f"{name}.yaml").read_text()) or {}
     if not isinstance(data, dict):
         raise UserError(f"preset {name} must hold a mapping of settings")
@@ -429,7 +444,8 @@ def settings_argv(argv, options) -> list[str]:
     --optim.weight-decay 5e-4); a true/false setting alone is true (--ema.enabled), and takes a following true or
     false as its value. A word is a setting when it is not one of the parser's `options` and names one, or looks
     like one (dotted, or with an underscore: a misspelt one then gets the did-you-mean of an override). `--` ends it."""
-    out, words, i = [], list(argv), 0
+    out: list[str] = []
+    words, i = list(argv), 0
     top = {f.name for f in dataclasses.fields(TrainConfig)}
     while i < len(words):
         word = words[i]
@@ -457,7 +473,7 @@ def settings_argv(argv, options) -> list[str]:
 
 
 def _nest(dotted: dict) -> dict:
-    out = {}
+    out: dict = {}
     for key, value in dotted.items():
         node = out
         *parents, leaf = key.split(".")
@@ -488,7 +504,7 @@ def _merge(base: dict, layer: dict, source: str, prefix: str = "", cls=TrainConf
 
 
 def resolve_config(variant: str | None = None, file=None, flags: dict | None = None,
-                   overrides: list[str] = (), base: dict | None = None) -> TrainConfig:
+                   overrides: Sequence[str] = (), base: dict | None = None) -> TrainConfig:
     """The TrainConfig of: `base` (defaults, or a resumed run's config) < preset < file < flags < overrides.
 
     flags: dotted key -> value, from the command line's named flags (None values are skipped)."""

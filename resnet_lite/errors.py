@@ -7,7 +7,8 @@ class UserError(Exception):
 
 
 def did_you_mean(word, choices, n: int = 1, cutoff: float = 0.6) -> str:
-    """"did you mean 'x'?" (n=1) or "did you mean x, y?" for the closest of `choices` to `word`; "" when none is close."""
+    """"did you mean 'x'?" (n=1) or "did you mean x, y?" for the closest of `choices` to `word`; "" when none is
+    close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=cutoff)
     if not close:
         return ""

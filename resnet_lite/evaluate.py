@@ -9,16 +9,17 @@
 Writes evaluation-<weights>-<split>-tta<level>.json and confusion-<...>.png into the run directory (or --output DIR),
 e.g. evaluation-last-test-tta1.json; with any other data, batch size or precision than the run's own, the data's name
 and a hash of those settings are added (evaluation-last-test-tta1-imagefolder_images-3f9c2a1b.json): evaluating again
-with other settings keeps the earlier files, and again with the same settings rewrites the same result. The
-computation is the trainer's own test pass (resnet_lite.training.engine.evaluate_loader through resnet_lite.models.tta.TTA), so the
-run's last weights on its test data, with
-its TTA level, precision and eval batch size (all the defaults), give exactly the summary's final_test_acc.
+with other settings keeps the earlier files, and again with the same settings rewrites the same result. The computation
+is the trainer's own test pass (resnet_lite.training.engine.evaluate_loader through resnet_lite.models.tta.TTA), so the
+run's last weights on its test data, with its TTA level, precision and eval batch size (all the defaults), give exactly
+the summary's final_test_acc.
 """
 import dataclasses
 import hashlib
 import json
 import re
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 
@@ -55,14 +56,15 @@ def _data_config(run: TrainedModel, spec: str | None, data_dir: str | None, imag
     if run.config is None and spec is None:
         raise UserError(f"{run.weights} is not in a run directory, so its data is unknown; give --data SPEC ({SPECS})")
     cfg = run.config.data if run.config else DataConfig()
-    changes = {"spec": spec, "root": data_dir, "image_size": image_size}
+    changes: dict[str, Any] = {"spec": spec, "root": data_dir, "image_size": image_size}
     return dataclasses.replace(cfg, **{k: v for k, v in changes.items() if v is not None})
 
 
 def evaluate(path, *, data: str | None = None, split: str = "test", weights: str = "last", tta: int | None = None,
              batch_size: int | None = None, mixed_precision: str = "auto", output=None, data_dir: str | None = None,
              image_size: int | None = None) -> dict:
-    """Evaluate the model at `path` (see resnet_lite.outputs.runs.load_run) on a split of `data` (default: the run's own data).
+    """Evaluate the model at `path` (see resnet_lite.outputs.runs.load_run) on a split of `data` (default: the run's
+    own data).
     tta: 0 none, 1 flip, 2 flip + 1-pixel translate (resnet_lite.models.tta.TTA); None: the run's own level (else 0).
 
     Every process of `accelerate launch` takes its shard; the returned result is the same on all. The main process
@@ -89,8 +91,11 @@ def evaluate(path, *, data: str | None = None, split: str = "test", weights: str
                             f"{run.image_size}x{run.image_size}; add --image-size {run.image_size}")
         # the run's memory format and compilation too: both change float rounding, and so a near tie's argmax
         channels_last = bool(run.config and run.config.channels_last)
-        model = run.model.to(accelerator.device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
-        model = torch.compile(model, backend=run.config.compile_backend) if run.config and run.config.compile else model
+        # torch's overloads of Module.to leave out memory_format beside a device, which it takes
+        model = run.model.to(accelerator.device,  # type: ignore[call-overload]
+                             memory_format=torch.channels_last if channels_last else torch.preserve_format)
+        if run.config and run.config.compile:  # a Module (OptimizedModule), which torch.compile annotates as Callable
+            model = cast(torch.nn.Module, torch.compile(model, backend=run.config.compile_backend))
         loader = DeviceLoader(part, batch_size, device=accelerator.device, train=False,
                               rank=accelerator.process_index, world_size=accelerator.num_processes)
         result = evaluate_loader(TTA(model, tta), loader, run.normalize, len(run.classes), accelerator, channels_last)
@@ -136,14 +141,15 @@ def _report(run: TrainedModel, spec, split, tta, batch_size, result, accelerator
     report = {
         "model": run.meta["model"], "weights": str(run.weights), "data": spec, "split": split, "tta": tta,
         "samples": result["samples"], "acc": result["acc"], "loss": result["loss"],
-        "per_class_acc": dict(zip(run.classes, result["per_class"])),
-        "per_class_samples": dict(zip(run.classes, confusion.sum(1).tolist())),
+        "per_class_acc": dict(zip(run.classes, result["per_class"], strict=True)),
+        "per_class_samples": dict(zip(run.classes, confusion.sum(1).tolist(), strict=True)),
         "classes": run.classes, "confusion": confusion.tolist(), "batch_size": batch_size,
         "world_size": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
     }
     # the run's own final measurement is comparable: last weights, its test split, its TTA level
-    if (run.summary and run.weights.name == WEIGHTS["last"] and spec == run.config.data.spec and split == "test"
-            and tta == run.tta):
+    # (a run's summary comes only with its config)
+    if (run.summary and run.config is not None and run.weights.name == WEIGHTS["last"]
+            and spec == run.config.data.spec and split == "test" and tta == run.tta):
         report["run_final_test_acc"] = run.summary["final_test_acc"]
     return report
 
@@ -165,9 +171,11 @@ def print_report(report: dict) -> None:
     console.print(table)
 
     classes, confusion = report["classes"], torch.tensor(report["confusion"])
+    order: list[int] | range
     order = sorted(range(len(classes)), key=lambda i: report["per_class_acc"][classes[i]])[:MAX_TABLE_CLASSES]
     order = order if len(classes) > MAX_TABLE_CLASSES else range(len(classes))
-    per_class = Table(title="per class" + (f" (the {MAX_TABLE_CLASSES} weakest)" if len(classes) > MAX_TABLE_CLASSES else ""))
+    weakest = f" (the {MAX_TABLE_CLASSES} weakest)" if len(classes) > MAX_TABLE_CLASSES else ""
+    per_class = Table(title="per class" + weakest)
     for col in ("class", "accuracy", "images", "most often taken for"):
         per_class.add_column(col, justify="left" if col in ("class", "most often taken for") else "right")
     for i in order:
@@ -183,7 +191,7 @@ def print_report(report: dict) -> None:
         matrix.add_column("")
         for name in classes:
             matrix.add_column(name[:8], justify="right")
-        for name, row in zip(classes, confusion.tolist()):
+        for name, row in zip(classes, confusion.tolist(), strict=True):
             matrix.add_row(name, *map(str, row))
         console.print(matrix)
     if "files" in report:
@@ -196,7 +204,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--data", metavar="SPEC", help=f"dataset ({SPECS}); default: the run's own")
     p.add_argument("--data-dir", metavar="DIR", help="where datasets are downloaded and cached (data.root)")
     p.add_argument("--split", choices=SPLITS, default="test")
-    p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
+    p.add_argument("--weights", choices=list(WEIGHTS), default="last",
+                   help="which weights of a run directory (default last)")
     p.add_argument("--tta", type=tta_level, metavar="LEVEL",
                    help="test-time augmentation: 1 averages the logits of each image and its mirror, "
                         "2 adds the pair shifted one pixel, 0 none (default: the run's own setting)")

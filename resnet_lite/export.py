@@ -6,10 +6,12 @@
         then: timm.create_model("local-dir:exports/m5", pretrained=True)
 
 Every format takes the normalised image, float32 N x 3 x H x W ((pixel / 255 - mean) / std, mean/std of the training
-data), and returns N x num_classes logits of the plain model (no test-time augmentation). After writing, the file is loaded back (onnxruntime, torch.jit.load, timm)
-and its outputs are compared with PyTorch's on a batch of another size; only then is it moved into place.
+data), and returns N x num_classes logits of the plain model (no test-time augmentation). After writing, the file is
+loaded back (onnxruntime, torch.jit.load, timm) and its outputs are compared with PyTorch's on a batch of another size;
+only then is it moved into place.
 ONNX has a dynamic batch dimension and needs the optional extra: pip install 'resnet_lite[export]' (onnx,
-onnxruntime, onnxscript; onnxscript selects torch's torch.export-based exporter, without it the TorchScript-based one is used).
+onnxruntime, onnxscript; onnxscript selects torch's torch.export-based exporter, without it the TorchScript-based one
+is used).
 Model name, classes, mean, std and input size travel inside each file: ONNX metadata_props, the TorchScript archive's
 extra file resnet_lite.json, the timm config.json (label_names, pretrained_cfg).
 """
@@ -17,6 +19,7 @@ import importlib.util
 import json
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,14 +33,16 @@ __all__ = ["FORMATS", "export_onnx", "export_torchscript", "export_timm", "expor
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 TRACE_BATCH, CHECK_BATCH = 2, 3  # the check uses another batch size, so a batch dimension fixed at export would show
-TOLERANCE = 1e-4  # max |exported - pytorch| per logit, relative to the logits' largest magnitude (float32 kernels differ)
+# max |exported - pytorch| per logit, relative to the logits' largest magnitude (float32 kernels differ)
+TOLERANCE = 1e-4
 
 
 def _sample(run: TrainedModel, batch: int) -> torch.Tensor:
     """Normalised images of random pixels, the kind of input the model sees."""
     size = run.image_size or 32
     g = torch.Generator().manual_seed(batch)
-    return run.normalize(torch.randint(0, 256, (batch, run.meta["in_chans"], size, size), dtype=torch.uint8, generator=g))
+    pixels = torch.randint(0, 256, (batch, run.meta["in_chans"], size, size), dtype=torch.uint8, generator=g)
+    return run.normalize(pixels)
 
 
 def _check(name: str, got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -64,7 +69,7 @@ def export_onnx(run: TrainedModel, path, dynamo: bool | None = None) -> float:
     dynamo = importlib.util.find_spec("onnxscript") is not None if dynamo is None else dynamo
     path, model = Path(path), run.model.cpu().eval()
     with staged(path) as tmp:
-        names = dict(input_names=["image"], output_names=["logits"])
+        names: dict[str, Any] = dict(input_names=["image"], output_names=["logits"])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter announces its end
             if dynamo:
@@ -113,7 +118,8 @@ def export_timm(run: TrainedModel, folder) -> float:
     from timm.models._hub import load_model_config_from_path  # what create_model('local-dir:...') reads
 
     folder, model = Path(folder), run.model.cpu().eval()
-    if folder.exists() and not (folder.is_dir() and {p.name for p in folder.iterdir()} <= {"config.json", "model.safetensors"}):
+    ours = {"config.json", "model.safetensors"}
+    if folder.exists() and not (folder.is_dir() and {p.name for p in folder.iterdir()} <= ours):
         raise UserError(f"{folder} exists and is not an earlier export (config.json + model.safetensors); "
                         f"choose another --output")
     size = run.image_size or 32
@@ -136,7 +142,8 @@ def export_timm(run: TrainedModel, folder) -> float:
 
 
 def export(path, fmt: str, output, weights: str = "last", overwrite: bool = False) -> tuple[Path, float]:
-    """Export the model at `path` (see resnet_lite.outputs.runs.load_run) as `fmt` to `output`; (output, max difference).
+    """Export the model at `path` (see resnet_lite.outputs.runs.load_run) as `fmt` to `output`; (output, max
+    difference).
     An existing `output` is replaced only with `overwrite` (a typo must not destroy model_last.safetensors)."""
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt} is not one of {', '.join(FORMATS)}")
@@ -152,9 +159,12 @@ def build_parser() -> ArgumentParser:
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx: a .onnx file; torchscript: a .pt archive; safetensors: a timm folder")
-    p.add_argument("--output", required=True, metavar="PATH", help="the file (onnx, torchscript) or folder (safetensors)")
-    p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
-    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists (without it, that is an error)")
+    p.add_argument("--output", required=True, metavar="PATH",
+                   help="the file (onnx, torchscript) or folder (safetensors)")
+    p.add_argument("--weights", choices=list(WEIGHTS), default="last",
+                   help="which weights of a run directory (default last)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --output if it exists (without it, that is an error)")
     return p
 
 
@@ -162,7 +172,8 @@ def build_parser() -> ArgumentParser:
 def main(argv=None):
     args = build_parser().parse_args(argv)
     out, diff = export(args.path, args.format, args.output, args.weights, args.overwrite)
-    note = "; timm loads it only after `import resnet_lite` (no plugin discovery)" if args.format == "safetensors" else ""
+    note = ("; timm loads it only after `import resnet_lite` (no plugin discovery)"
+            if args.format == "safetensors" else "")
     print(f"wrote {out} ({args.format}); reloaded, its outputs match PyTorch's within {diff:.2g}{note}")
     return 0
 

@@ -26,7 +26,8 @@ def crash_point(where: str, step: int) -> None:
 
 
 def step_hook():
-    """A callable(step) for the training loop's after-step hook when RESNET_LITE_TEST_CRASH asks for a step; else None."""
+    """A callable(step) for the training loop's after-step hook when RESNET_LITE_TEST_CRASH asks for a step; else
+    None."""
     value = os.environ.get("RESNET_LITE_TEST_CRASH", "")
     if value.startswith("step:"):
         return lambda step: crash_point("step", step)
@@ -64,4 +65,5 @@ def rank_report(rank: int, world_size: int, step: int, model, train_indices, tes
     (report / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world_size": world_size, "step": step, "state_sha256": _state_hash(model.state_dict()),
         "train_indices_first_epoch": train_indices.tolist() if train_indices is not None else [],
-        "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples, "ddp": _ddp_settings(wrapped), **extra}))
+        "test_indices": test_loader.local_indices().tolist(), "test_samples": test_loader.num_samples,
+        "ddp": _ddp_settings(wrapped), **extra}))

@@ -20,7 +20,8 @@ __all__ = ["recipes", "recipe", "main"]
 
 def recipes() -> dict:
     """Name -> path (a Traversable; a Path unless installed in a zip) of every shipped recipe."""
-    files = sorted((f for f in shipped("launch_recipes").iterdir() if f.is_file() and not f.name.startswith(("_", "."))),
+    files = sorted((f for f in shipped("launch_recipes").iterdir()
+                    if f.is_file() and not f.name.startswith(("_", "."))),
                    key=lambda f: (not f.name.endswith(".yaml"), f.name))
     return {f.name.removesuffix(".yaml"): f for f in files}
 

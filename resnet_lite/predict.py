@@ -5,9 +5,10 @@
 
 Any format and size PIL reads: each image is converted to RGB, its shorter side resized to the model's input size with
 PIL's bilinear filter and the centre cut out, as timm's resolve_data_config + eval transform do (crop_pct 1, or a timm
-folder's own) and as resnet_lite.data prepares imagefolder datasets with data.image_size. The logits go through the run's own test-time
-augmentation level (its config's tta; --tta to choose) before the softmax, as in evaluate. Directories are searched recursively for files
-with an image extension. A file that cannot be read is reported on stderr and the others are still predicted.
+folder's own) and as resnet_lite.data prepares imagefolder datasets with data.image_size. The logits go through the
+run's own test-time augmentation level (its config's tta; --tta to choose) before the softmax, as in evaluate.
+Directories are searched recursively for files with an image extension. A file that cannot be read is reported on stderr
+and the others are still predicted.
 Exit status: 0 when at least one image was predicted; 2 (with a one-line error) when none could be.
 """
 import json
@@ -28,7 +29,8 @@ __all__ = ["find_images", "read_image", "predict", "main"]
 
 
 def find_images(paths) -> tuple[list[Path], list[tuple[str, str]]]:
-    """(image files, [(path, problem)]): files as given, directories walked as resnet_lite.data.images.list_images does."""
+    """(image files, [(path, problem)]): files as given, directories walked as resnet_lite.data.images.list_images
+    does."""
     files, problems, extensions = [], [], image_extensions()
     for path in map(Path, paths):
         if path.is_dir():
@@ -91,9 +93,9 @@ def predict(run: TrainedModel, paths, top_k: int = 5, batch_size: int = 64, devi
             continue
         probs = model(run.normalize(torch.stack(images).to(device))).float().softmax(1)
         values, indices = probs.topk(k, dim=1)
-        for name, vs, ix in zip(names, values.tolist(), indices.tolist()):
+        for name, vs, ix in zip(names, values.tolist(), indices.tolist(), strict=True):
             results.append({"file": name, "top": [{"label": run.classes[i], "index": i, "probability": v}
-                                                  for v, i in zip(vs, ix)]})
+                                                  for v, i in zip(vs, ix, strict=True)]})
     return results, problems
 
 
@@ -113,7 +115,8 @@ def build_parser() -> ArgumentParser:
     p = ArgumentParser("python -m resnet_lite.predict", __doc__)
     p.add_argument("path", metavar="RUN_DIR_OR_WEIGHTS", help=RUN_OR_WEIGHTS)
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_DIR", help="image files and/or directories of images")
-    p.add_argument("--weights", choices=list(WEIGHTS), default="last", help="which weights of a run directory (default last)")
+    p.add_argument("--weights", choices=list(WEIGHTS), default="last",
+                   help="which weights of a run directory (default last)")
     p.add_argument("--top-k", type=int, default=5, help="classes shown per image (default 5)")
     p.add_argument("--tta", type=tta_level, metavar="LEVEL",
                    help="test-time augmentation: 1 mirror, 2 mirror + 1-pixel shifts, 0 none "

@@ -26,4 +26,5 @@ def shipped(folder: str) -> Traversable:
     try:  # an importer that is not a plain folder (a zip)
         return importlib.resources.files(f"{__package__}.{folder}")
     except ModuleNotFoundError:
-        raise ModuleNotFoundError(f"resnet_lite's {folder}/ is missing from {_PACKAGE}; reinstall resnet_lite") from None
+        raise ModuleNotFoundError(f"resnet_lite's {folder}/ is missing from {_PACKAGE}; "
+                                  f"reinstall resnet_lite") from None

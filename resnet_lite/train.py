@@ -6,23 +6,24 @@
     torchrun --standalone --nproc_per_node 4 -m resnet_lite.train --variant model5
     ACCELERATE_USE_CPU=true torchrun --standalone --nproc_per_node 2 -m resnet_lite.train --data synthetic --epochs 2
     python -m resnet_lite.train --variant model5 --data synthetic --epochs 3 optim.lr=0.02 schedule.name=onecycle
-    python -m resnet_lite.train --variant model5 --optim.lr=0.02 --schedule.name onecycle --ema.enabled   # the same, as flags
-    python -m resnet_lite.train --output-dir runs/m5 --resume        # continue runs/m5 from its newest checkpoint, or start it
+    python -m resnet_lite.train --variant model5 --optim.lr=0.02 --schedule.name onecycle --ema.enabled  # as flags
+    python -m resnet_lite.train --output-dir runs/m5 --resume        # continue runs/m5 from its newest checkpoint,
+                                                                     # or start it
     python -m resnet_lite.train --model resnet18 --pretrained --data imagefolder:PATH data.image_size=224 --lr 1e-3
     python -m resnet_lite.train --initial-checkpoint runs/m5 --data cifar100 optim.freeze_epochs=1   # fine-tune a run
     python -m resnet_lite.train --list                               # the presets
-    python -m resnet_lite.train --variant fast --profile 10          # a torch.profiler trace of 10 steps in <run>/profile
+    python -m resnet_lite.train --variant fast --profile 10          # a torch.profiler trace of 10 steps: <run>/profile
 
 --batch-size is GLOBAL: images per optimizer step over all processes; with N processes each takes batch_size / N
 (and splits that into grad_accum micro-batches). The learning rate is used as given, whatever the batch size.
 
 A run directory (--output-dir, default runs/<preset or model>-<YYYYmmdd-HHMMSS>) holds config.yaml (resolved),
 metrics.jsonl (a JSON line per epoch), summary.json, model_best.safetensors and model_last.safetensors (the plain
-model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/ (resnet_lite.outputs.checkpoint)
-and, with W&B on, wandb/ (resnet_lite.outputs.rundir owns the layout and the rules). A directory that already holds a run is an
-error unless --resume continues it or --overwrite replaces it; the main process holds the folder's lock for the whole
-run, so a second trainer there is an error too; config.yaml leaves output_dir null, so `--config runs/x/config.yaml`
-starts a new run elsewhere.
+model's weights, with model name, classes and mean/std as metadata), curves.png, checkpoints/
+(resnet_lite.outputs.checkpoint) and, with W&B on, wandb/ (resnet_lite.outputs.rundir owns the layout and the rules). A
+directory that already holds a run is an error unless --resume continues it or --overwrite replaces it; the main process
+holds the folder's lock for the whole run, so a second trainer there is an error too; config.yaml leaves output_dir
+null, so `--config runs/x/config.yaml` starts a new run elsewhere.
 
 Stopping and resuming: SIGTERM, SIGINT (Ctrl-C) or SIGUSR1 (Slurm's warning) lets the current step finish, saves a
 checkpoint and exits 75; all processes stop after the same step. A second signal ends the process at once. `--resume`
@@ -39,7 +40,8 @@ Exit codes:
     75  stopped by a signal after saving a checkpoint (EX_TEMPFAIL): run the same command with --resume
     128 + N (shell) / -N (subprocess): killed by signal N, e.g. a second signal
 
-The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks: resnet_lite.hooks.
+The run itself is resnet_lite.training.trainer.Trainer; its loops are in resnet_lite.training.engine. Test hooks:
+resnet_lite.hooks.
 """
 import dataclasses
 import json
@@ -69,8 +71,8 @@ __all__ = ["train", "main"]
 
 def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
     """Train as `cfg` says; returns the summary. resume: a checkpoint file to continue, or True: cfg.output_dir's
-    newest checkpoint, else a new run there if that loses nothing (resnet_lite.outputs.rundir's rules); overwrite: replace
-    the run cfg.output_dir holds (its run files are removed once the inputs are checked).
+    newest checkpoint, else a new run there if that loses nothing (resnet_lite.outputs.rundir's rules); overwrite:
+    replace the run cfg.output_dir holds (its run files are removed once the inputs are checked).
 
     The main process holds the run directory's lock for the whole run: a second trainer there gets a UserError.
     Raises Preempted after a stop signal (a checkpoint was saved: resume it) and NonFiniteLoss (nothing was saved after
@@ -96,7 +98,8 @@ def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
     with stop_signals() as stop_flag, accelerator_session(
             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),  # the Reporter starts the trackers
             # the batch size is global: Accelerate would step a prepared scheduler once per process
-            step_scheduler_with_optimizer=False, kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
+            step_scheduler_with_optimizer=False,
+            kwargs_handlers=[cfg.ddp.kwargs_handler(cfg.grad_accum)]) as accelerator:
         agree(accelerator, error)
         with rundir.claimed(cfg.output_dir, cfg.name or cfg.model, accelerator, intent, resume) as run_dir:
             if intent == "resume" and resume is None:
@@ -109,7 +112,8 @@ def train(cfg: TrainConfig, resume=None, overwrite: bool = False) -> dict:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser("python -m resnet_lite.train",
-                       description="Train a lite ResNet with Accelerate (also: accelerate launch / torchrun -m resnet_lite.train).",
+                       description="Train a lite ResNet with Accelerate "
+                                   "(also: accelerate launch / torchrun -m resnet_lite.train).",
                        epilog=f"presets (--variant): {', '.join(list_presets())}; `--list` describes them.\n"
                               "Precedence: defaults < --variant < --config < flags < KEY=VALUE overrides; "
                               "--print-config shows the result.\n\n" + settings_help())
@@ -121,7 +125,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pretrained", action="store_true", default=None,
                    help="start from the model's published weights through timm (pretrained=true)")
     p.add_argument("--pretrained-path", metavar="FILE",
-                   help="a local weights file timm loads in place of the published ones (pretrained_path; implies --pretrained)")
+                   help="a local weights file timm loads in place of the published ones "
+                        "(pretrained_path; implies --pretrained)")
     p.add_argument("--initial-checkpoint", metavar="PATH",
                    help="start from these weights: a .safetensors/.pth file or a run directory (initial_checkpoint)")
     p.add_argument("--config", metavar="FILE", help="a YAML file of settings")
@@ -201,7 +206,8 @@ def main(argv=None):
     found = None
     if args.resume is True:
         if cfg.output_dir is None:
-            raise UserError("--resume without a path continues the run in --output-dir; give --output-dir DIR or --resume DIR")
+            raise UserError("--resume without a path continues the run in --output-dir; "
+                            "give --output-dir DIR or --resume DIR")
         found = resumable_checkpoint(cfg.output_dir, warn=_print_main)
     elif args.resume:
         found = resumable_checkpoint(args.resume, warn=_print_main)
@@ -214,7 +220,8 @@ def main(argv=None):
         if (args.variant or args.config) and cfg.model != run_model:
             source = f"--variant {args.variant}" if args.variant else f"--config {args.config}"
             raise UserError(f"{source} trains {cfg.model} but the run resumed from {found[0]} trains {run_model}; "
-                            f"resume without it (the run keeps its own config), or start a new run in another --output-dir")
+                            f"resume without it (the run keeps its own config), "
+                            f"or start a new run in another --output-dir")
         flags["output_dir"] = args.output_dir or str(rundir.run_of(found[0]))
         cfg = resolve_config(base=found[1]["config"], flags=flags, overrides=args.overrides)
     if agent:
@@ -242,6 +249,7 @@ def main(argv=None):
 def _is_finished(found: tuple, cfg: TrainConfig) -> bool:
     """Whether the checkpoint `found` (file, state) ends its own run, which has trained cfg.epochs and written its
     summary (a run stopped after its last checkpoint goes on to write that; another run's folder is refused later)."""
+    assert cfg.output_dir is not None  # resuming: the run's folder, from --output-dir or the checkpoint's path
     (path, state), run = found, Path(cfg.output_dir)
     return (state["epoch"] >= cfg.epochs and not state["batch"] and rundir.run_of(path).resolve() == run.resolve()
             and (run / rundir.SUMMARY).is_file())
@@ -249,6 +257,7 @@ def _is_finished(found: tuple, cfg: TrainConfig) -> bool:
 
 def _finished(done: int, cfg: TrainConfig) -> str:
     """What --resume of a run that has trained all its epochs says."""
+    assert cfg.output_dir is not None  # the finished run's folder (_is_finished)
     summary = Path(cfg.output_dir) / rundir.SUMMARY
     try:
         acc = f", final test accuracy {100 * json.loads(summary.read_text())['final_test_acc']:.2f}%"
@@ -256,8 +265,8 @@ def _finished(done: int, cfg: TrainConfig) -> str:
         acc = ""
     asked = "" if done == cfg.epochs else f" (--epochs {cfg.epochs} asks for no more)"
     return (f"{cfg.output_dir} is finished: {counted(done, 'epoch')} trained{acc}{asked}; nothing to resume. To train "
-            f"it longer, resume it with more epochs: python -m resnet_lite.train --output-dir {cfg.output_dir} --resume "
-            f"--epochs {2 * done}")
+            f"it longer, resume it with more epochs: "
+            f"python -m resnet_lite.train --output-dir {cfg.output_dir} --resume --epochs {2 * done}")
 
 
 def _print_main(text: str, file=None) -> None:

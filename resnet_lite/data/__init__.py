@@ -6,7 +6,8 @@ per-sample randomness on the device (augment).
 """
 
 _EXPORTS = {  # name -> the module that defines it
-    "DataConfig": "sources", "Dataset": "sources", "Split": "sources", "SPECS": "sources", "load_data": "sources", "load_dataset": "sources", "default_root": "sources",
+    "DataConfig": "sources", "Dataset": "sources", "Split": "sources", "SPECS": "sources", "load_data": "sources",
+    "load_dataset": "sources", "default_root": "sources",
     "DeviceLoader": "loader",
     "AugmentConfig": "augment", "build_augment": "augment",
     "build_normalize": "images", "decode": "images",

@@ -15,6 +15,7 @@ MixUp and CutMix (mixup_alpha, cutmix_alpha, ...) mix the augmented batch and it
 """
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -60,7 +61,8 @@ class AugmentConfig:
         "help": "batch: one draw for the whole batch; elem: one per image (timm's --mixup-mode)"})
 
 
-NO_MIX = dict(mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, switch_prob=0.5, mix_mode="batch")  # timm's defaults
+# timm's defaults; Any: the fields' types differ
+NO_MIX: dict[str, Any] = dict(mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, switch_prob=0.5, mix_mode="batch")
 PRESETS: dict[str, AugmentConfig] = {
     # the report's RandomRotation(5) -> RandomHorizontalFlip -> RandomCrop(32, 4) -> ColorJitter(.2, .2, .2)
     "report": AugmentConfig("report", 5.0, True, 4, "zero", 0.2, 0.2, 0.2, 0, **NO_MIX),

@@ -194,7 +194,8 @@ def _download_and_extract(source: Source, layout: Layout, root: Path):
     try:
         fd, archive = tempfile.mkstemp(dir=root, prefix=f".{source.filename}.", suffix=".part")
     except OSError as e:
-        raise UserError(f"cannot download into {root} ({e.strerror}); set --data-dir (data.root) to a writable folder") from None
+        raise UserError(f"cannot download into {root} ({e.strerror}); "
+                        f"set --data-dir (data.root) to a writable folder") from None
     print(f"resnet_lite: downloading {source.url} to {root} (once)", file=sys.stderr)
     extract_dir = None
     try:
@@ -267,14 +268,15 @@ def _checked_members(tar: tarfile.TarFile, target) -> list[tarfile.TarInfo]:
 
 def read(layout: Layout, folder: Path):
     """(train_images, train_labels, test_images, test_labels, classes): uint8 N x 3 x 32 x 32, int64 N."""
-    differ = []
+    differ: list[str] = []  # files whose checksums differ from the published ones
     reader = _read_binary if layout.binary else _read_python
     train = reader(layout, folder, layout.train, differ)
     test = reader(layout, folder, layout.test, differ)
     classes = _read_classes(layout, folder, differ)
     for labels, (_, file_name) in ((train[1], layout.train[0]), (test[1], layout.test[0])):
         if len(labels) and labels.max() >= len(classes):
-            raise UserError(f"{folder / file_name} has label {labels.max()} but {layout.meta} lists {len(classes)} classes")
+            raise UserError(f"{folder / file_name} has label {labels.max()} "
+                            f"but {layout.meta} lists {len(classes)} classes")
     if differ:
         warnings.warn(
             f"{len(differ)} file(s) in {folder} differ from the official CIFAR checksums "
@@ -316,7 +318,7 @@ def _read_binary(layout: Layout, folder: Path, names, differ):
     images = np.empty((sum(sizes), 3, 32, 32), np.uint8)
     labels = np.empty(sum(sizes), np.int64)
     start = 0
-    for (name, md5), n in zip(names, sizes):
+    for (name, md5), n in zip(names, sizes, strict=True):
         records = np.frombuffer(_read_bytes(folder / name, md5, differ), np.uint8).reshape(n, record)
         labels[start : start + n] = records[:, layout.label_bytes - 1]  # CIFAR-100: the fine label
         images[start : start + n] = records[:, layout.label_bytes :].reshape(n, 3, 32, 32)
@@ -353,7 +355,8 @@ def _unpickle(path: Path, md5, differ):
         raise UserError(f"{path} is not a plain CIFAR batch: it asks to load {e}; delete {path.parent} and download "
                         f"CIFAR again") from None
     except Exception as e:
-        raise UserError(f"{path} is truncated or not a CIFAR batch ({type(e).__name__}); delete {path.parent} to download again") from None
+        raise UserError(f"{path} is truncated or not a CIFAR batch ({type(e).__name__}); "
+                        f"delete {path.parent} to download again") from None
     if not isinstance(entry, dict):
         raise UserError(f"{path} is not a CIFAR batch (a {type(entry).__name__}, not a dict)")
     return entry

@@ -5,7 +5,6 @@ transform does. An image over PIL's Image.MAX_IMAGE_PIXELS (89 MP) is refused, n
 import math
 import os
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,7 +55,8 @@ def _resize_center_crop(img: Image.Image, size: int, crop_pct: float) -> Image.I
     long = int(scale * max(w, h) / min(w, h))  # torchvision's rounding of the longer side
     new = (scale, long) if w <= h else (long, scale)
     if new != img.size:
-        img = img.resize(new, Image.BILINEAR)
+        # Pillow sets its filter constants in a loop from its Resampling enum; its type hints do not declare them
+        img = img.resize(new, Image.BILINEAR)  # type: ignore[attr-defined]
     left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
     return img.crop((left, top, left + size, top + size)) if (new[0], new[1]) != (size, size) else img
 

@@ -39,7 +39,8 @@ class DeviceLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, {world_size})")
         if train and batch_size % world_size:
-            raise UserError(f"batch size {batch_size} does not split over {world_size} processes; use a multiple of {world_size}")
+            raise UserError(f"batch size {batch_size} does not split over {world_size} processes; "
+                            f"use a multiple of {world_size}")
         self.images = split.images.to(device)  # the one host-to-device copy, uint8
         self.labels = split.labels.to(device)
         self.batch_size, self.train, self.rank, self.world_size = batch_size, train, rank, world_size

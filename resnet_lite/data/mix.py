@@ -14,6 +14,7 @@ All randomness comes from `generator` (the trainer's, seeded per step: an exact 
 device after the augmentation's draws, so turning mixing on leaves those unchanged; nothing is read back to the host.
 """
 from dataclasses import dataclass
+from typing import Any, Protocol, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,9 @@ def draw_mix(cfg, n: int, h: int, w: int, generator=None, device="cpu") -> MixDr
         lam = torch.where(use_cutmix, cutmix, mixup)
     else:
         use_cutmix = torch.full((k,), cutmix is not None, device=device)
-        lam = mixup if mixup is not None else cutmix
+        drawn = mixup if mixup is not None else cutmix
+        assert drawn is not None, "draw_mix needs mixup_alpha or cutmix_alpha > 0"  # build_mix returns None otherwise
+        lam = drawn
     lam = torch.where(u[:, 0] < cfg.mix_prob, lam, torch.ones_like(lam))
     centre = torch.stack([(u[:, 2] * h).long().clamp_(max=h - 1), (u[:, 3] * w).long().clamp_(max=w - 1)], 1)
     return MixDraw(lam.expand(n), use_cutmix.expand(n), centre.expand(n, 2))
@@ -89,7 +92,16 @@ def apply_mix(x: torch.Tensor, labels: torch.Tensor, draw: MixDraw, num_classes:
     return mixed, targets
 
 
-def build_mix(cfg, num_classes: int, label_smoothing: float = 0.0):
+class Mix(Protocol):
+    """What build_mix returns: the mixing function, with the resolved AugmentConfig it mixes by as `config`."""
+
+    config: Any
+
+    def __call__(self, x: torch.Tensor, labels: torch.Tensor,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def build_mix(cfg, num_classes: int, label_smoothing: float = 0.0) -> Mix | None:
     """fn(float x N x C x H x W, labels N, generator) -> (mixed x, soft targets N x num_classes), or None when
     cfg (a resolved AugmentConfig) mixes nothing."""
     if cfg.mixup_alpha <= 0 and cfg.cutmix_alpha <= 0 or cfg.mix_prob <= 0:
@@ -100,8 +112,9 @@ def build_mix(cfg, num_classes: int, label_smoothing: float = 0.0):
         draw = draw_mix(cfg, n, h, w, generator, x.device)
         return apply_mix(x, labels, draw, num_classes, label_smoothing, per_batch=cfg.mix_mode == "batch")
 
-    mix.config = cfg
-    return mix
+    mixer = cast(Mix, mix)  # a plain function; the Protocol names the attribute set on it
+    mixer.config = cfg
+    return mixer
 
 
 def soft_target_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

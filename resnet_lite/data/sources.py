@@ -6,11 +6,11 @@
         loader.set_epoch(epoch)
         for images, labels in loader: ...         # uint8 N x 3 x H x W and int64 N, already on the device
 
-CIFAR comes from the official archives (resnet_lite.data.cifar). `imagefolder:PATH` reads PATH/{train,val,test}/<class>/*
-in torchvision's ImageFolder class order, decodes once and caches the tensors keyed by every file's
-(path, size, mtime). `hf:NAME[:CONFIG]` reads a dataset in the Hugging Face Hub's format (resnet_lite.data.hub),
-decoded and cached the same way, keyed by the dataset's fingerprint. Per-channel mean/std come from the training split
-and are cached beside the data.
+CIFAR comes from the official archives (resnet_lite.data.cifar). `imagefolder:PATH` reads
+PATH/{train,val,test}/<class>/* in torchvision's ImageFolder class order, decodes once and caches the tensors keyed by
+every file's (path, size, mtime). `hf:NAME[:CONFIG]` reads a dataset in the Hugging Face Hub's format
+(resnet_lite.data.hub), decoded and cached the same way, keyed by the dataset's fingerprint. Per-channel mean/std come
+from the training split and are cached beside the data.
 """
 import hashlib
 import importlib.util
@@ -133,10 +133,10 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
         raise UserError(f"unknown data option(s) {sorted(unknown)}; known: {sorted(known)}")
     cfg = DataConfig(spec=spec, root=root, **options)
     check_data(cfg)
-    root = _root(cfg)
+    data_root = _root(cfg)  # a Path: the option may be None or a str
 
     if spec in cifar.SOURCES:
-        layout, folder = cifar.find_or_download(spec, root, cfg.download)
+        layout, folder = cifar.find_or_download(spec, data_root, cfg.download)
         x_train, y_train, x_test, y_test, classes = cifar.read(layout, folder)
         train = Split(torch.from_numpy(x_train), torch.from_numpy(y_train))
         test = Split(torch.from_numpy(x_test), torch.from_numpy(y_test))
@@ -145,20 +145,21 @@ def load_dataset(spec: str = "cifar10", root: str | None = None, **options) -> D
     elif spec.startswith("imagefolder:"):
         path = Path(spec.split(":", 1)[1]).expanduser()
         name = path.resolve().name
-        splits, classes, key, prefix = _load_imagefolder(path, root, cfg.image_size)
+        splits, classes, key, prefix = _load_imagefolder(path, data_root, cfg.image_size)
         train, test, val = splits["train"], splits["test"], splits.get("val")
         if val is not None and cfg.holdout:
-            raise UserError(f"{path / 'val'} exists and data.holdout={cfg.holdout}; use one of the two (holdout=0 to use the folder)")
-        cache = (root, prefix)
+            raise UserError(f"{path / 'val'} exists and data.holdout={cfg.holdout}; "
+                            f"use one of the two (holdout=0 to use the folder)")
+        cache = (data_root, prefix)
     elif spec.startswith("hf:"):
         hub = open_hub(spec, cfg.image_column, cfg.label_column)
         key = hashlib.sha256(f"{hub.fingerprint}/{cfg.image_size}/{CACHE_VERSION}".encode()).hexdigest()[:16]
-        splits = _decoded(root, hub.prefix, key, hub.classes, lambda: _decode_hub(hub, cfg.image_size))
+        splits = _decoded(data_root, hub.prefix, key, hub.classes, lambda: _decode_hub(hub, cfg.image_size))
         name, classes, train, test, val = hub.name, hub.classes, splits["train"], splits["test"], splits.get("val")
         if val is not None and cfg.holdout:
             raise UserError(f"{spec} has a validation split and data.holdout={cfg.holdout}; use one of the two "
                             f"(holdout=0 to use the split)")
-        cache = (root, hub.prefix)
+        cache = (data_root, hub.prefix)
     elif spec == "synthetic":
         size = cfg.image_size or 32
         train, test = _synthetic(cfg.synthetic_train, 0, size), _synthetic(cfg.synthetic_test, 1, size)
@@ -245,7 +246,8 @@ def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[in
     classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise UserError(f"{folder} has no class folders; expected {folder}/<class>/<image files>")
-    paths, labels = [], []
+    paths: list[str] = []
+    labels: list[int] = []
     for label, name in enumerate(classes):
         count = len(paths)
         paths += list_images(os.path.join(folder, name), extensions)
@@ -257,7 +259,8 @@ def _list_split(folder: Path, extensions) -> tuple[list[str], list[str], list[in
 
 def _check_imagefolder(path: Path) -> None:
     if not (path / "train").is_dir() or not (path / "test").is_dir():
-        raise UserError(f"imagefolder:{path} needs {path}/train/<class>/* and {path}/test/<class>/* (and optionally val/)")
+        raise UserError(f"imagefolder:{path} needs {path}/train/<class>/* and {path}/test/<class>/* "
+                        f"(and optionally val/)")
 
 
 def _load_imagefolder(path: Path, cache_dir: Path, image_size):
@@ -267,7 +270,8 @@ def _load_imagefolder(path: Path, cache_dir: Path, image_size):
     for split, (split_classes, _, _) in listing.items():
         if split_classes != classes:
             diff = sorted(set(classes) ^ set(split_classes))
-            raise UserError(f"{path / split} has classes that differ from {path / 'train'} ({', '.join(diff)}); the splits must share class folders")
+            raise UserError(f"{path / split} has classes that differ from {path / 'train'} ({', '.join(diff)}); "
+                            f"the splits must share class folders")
 
     all_paths = [p for _, paths, _ in listing.values() for p in paths]
     key = _fingerprint(path, all_paths)
@@ -311,7 +315,8 @@ def _decoded(cache_dir: Path, prefix: str, key: str, classes: list[str], decode_
             if old != cache_file:
                 old.unlink(missing_ok=True)
     except OSError as e:
-        warnings.warn(f"cannot cache decoded images in {cache_dir} ({e}); set data.root to a writable folder", stacklevel=3)
+        warnings.warn(f"cannot cache decoded images in {cache_dir} ({e}); set data.root to a writable folder",
+                      stacklevel=3)
     return splits
 
 
@@ -332,7 +337,8 @@ def _decode_chunk(paths, image_size):
 
 
 def _decode_images(paths, image_size, size=None, workers=None):
-    """Decode all `paths` (a process pool for large sets: PIL decoding is CPU-bound Python). `size` = (H, W) to match."""
+    """Decode all `paths` (a process pool for large sets: PIL decoding is CPU-bound Python). `size` = (H, W) to
+    match."""
     if workers is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         workers = min(cores or 1, 8) if len(paths) >= POOL_MIN_IMAGES else 1
@@ -342,11 +348,12 @@ def _decode_images(paths, image_size, size=None, workers=None):
         # fork, as torch's DataLoader workers: spawn would re-run the caller's script and re-import torch per worker;
         # the children only run PIL and numpy
         with warnings.catch_warnings(), ProcessPoolExecutor(workers, mp_context=get_context("fork")) as pool:
-            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12+: "process is multi-threaded, fork() may deadlock"
+            # 3.12+: "process is multi-threaded, fork() may deadlock"
+            warnings.simplefilter("ignore", DeprecationWarning)
             results = list(pool.map(_decode_chunk, chunks, [image_size] * len(chunks)))
     else:
         chunks, results = [paths], [_decode_chunk(paths, image_size)]
-    for chunk, (arr, error) in zip(chunks, results):
+    for chunk, (arr, error) in zip(chunks, results, strict=True):
         if error:
             bad, reason = error
             fix = "; set data.image_size to resize all images" if reason.startswith("is ") else ""

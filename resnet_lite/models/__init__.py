@@ -3,8 +3,8 @@
 
     python -m resnet_lite.models      # the family at a glance
 """
-from .lite import (LiteResNet, convert_notebook_state_dict, convert_seed_state_dict, create_model, list_models,
-                   published_weights)
+from .lite import LiteResNet, convert_notebook_state_dict, create_model, list_models, published_weights
+from .lite import convert_seed_state_dict as convert_seed_state_dict  # the earlier name, kept importable
 from .tools import classifier_prefixes, count_macs, count_params
 
 __all__ = ["LiteResNet", "classifier_prefixes", "convert_notebook_state_dict", "count_macs", "count_params",

@@ -93,7 +93,7 @@ class LiteResNet(nn.Module):
         in_chs, reduction = stem_width, 1
         self.feature_info = [dict(num_chs=stem_width, reduction=1, module="relu")]
         self.stage_names = []
-        for i, (n, width, stride) in enumerate(zip(layers, widths, strides), start=1):
+        for i, (n, width, stride) in enumerate(zip(layers, widths, strides, strict=True), start=1):
             blocks = [LiteBlock(in_chs, width, stride, **dd)] + [LiteBlock(width, width, **dd) for _ in range(n - 1)]
             self.add_module(f"layer{i}", nn.Sequential(*blocks))
             in_chs, reduction = width, reduction * stride
@@ -116,7 +116,8 @@ class LiteResNet(nn.Module):
         # 'avg' is AdaptiveAvgPool2d(1) + flatten, exactly the notebook's gap, so its outputs stay bit-identical
         gap = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
         self.head_hidden_size = self.num_features * gap.feat_mult()
-        fc = nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) if num_classes > 0 else nn.Identity()
+        fc = (nn.Linear(self.head_hidden_size, num_classes, device=device, dtype=dtype) if num_classes > 0
+              else nn.Identity())
         return gap, fc
 
     @torch.jit.ignore
@@ -177,7 +178,8 @@ def _cfg(**kwargs):
 
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-REGISTRY = "published.json"  # {"lite_r4b2.fast94_c10jpeg": {"file": ..., "test_acc": ..., ...}}: publish_weights.py writes it
+# {"lite_r4b2.fast94_c10jpeg": {"file": ..., "test_acc": ..., ...}}: publish_weights.py writes it
+REGISTRY = "published.json"
 
 
 def published_weights(model: str | None = None) -> dict:
@@ -290,7 +292,8 @@ def create_model(name, pretrained=False, **kwargs):
             raise UserError(f"cannot create model {name} ({type(e).__name__}: {reason}); check the name, the "
                             f"folder or the network") from None
     if not timm.is_model(name):
-        hint = (did_you_mean(name, list_models("lite_*"), n=3, cutoff=0.3) or did_you_mean(name, timm.list_models(), n=3)
+        hint = (did_you_mean(name, list_models("lite_*"), n=3, cutoff=0.3)
+                or did_you_mean(name, timm.list_models(), n=3)
                 or "see `python -m resnet_lite.models`")
         raise UserError(f"unknown model {name!r}; {hint} (registered lite models: {', '.join(list_models())})")
     return timm.create_model(name, pretrained=pretrained, **kwargs)

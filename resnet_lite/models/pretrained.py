@@ -1,7 +1,7 @@
 """Starting from weights instead of from scratch: timm's pretrained mechanisms, or an initial checkpoint.
 
     model, origin = initial_model("resnet18", num_classes=10, pretrained=True)                  # timm's hub/url weights
-    model, origin = initial_model("lite_r4b2", 10, pretrained=True, pretrained_path="w.safetensors")  # timm loads a file
+    model, origin = initial_model("lite_r4b2", 10, pretrained=True, pretrained_path="w.safetensors")  # timm loads it
     model, origin = initial_model("lite_r4b2", 10, initial_checkpoint="runs/x")   # a run's weights: its model_last
 
 Files are read by resnet_lite.outputs.weights.read_state_dict (as timm's load_state_dict reads them, but torch files
@@ -76,6 +76,7 @@ def pretrained_source(name: str, pretrained_path=None) -> str:
     if not source:
         raise UserError(f"no pretrained weights are published for {name}; give pretrained_path=FILE "
                         f"(--pretrained-path), or initial_checkpoint=RUN_DIR_OR_FILE instead of pretrained")
+    assert isinstance(source, str), source  # timm's url may be typed a (url, file) pair; no registered model uses one
     return source
 
 

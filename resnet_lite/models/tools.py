@@ -7,7 +7,8 @@ __all__ = ["classifier_prefixes", "count_macs", "count_params"]
 
 def classifier_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
     """State-dict key prefixes ('fc.') of the classifier(s) timm's get_classifier() returns."""
-    heads = model.get_classifier() if hasattr(model, "get_classifier") else ()
+    get_classifier = getattr(model, "get_classifier", None)  # timm's models have it; a plain Module need not
+    heads = get_classifier() if get_classifier is not None else ()
     heads = heads if isinstance(heads, (tuple, list)) else (heads,)
     return tuple(f"{name}." for name, m in model.named_modules() if name and any(m is h for h in heads))
 

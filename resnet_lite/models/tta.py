@@ -19,7 +19,8 @@ TTA_LEVELS = (0, 1, 2)  # none, flip, flip + 1-pixel translate
 
 def check_tta(level) -> int:
     if level not in TTA_LEVELS:
-        raise UserError(f"tta={level} is not one of {', '.join(map(str, TTA_LEVELS))} (0 none, 1 flip, 2 flip + translate)")
+        raise UserError(f"tta={level} is not one of {', '.join(map(str, TTA_LEVELS))} "
+                        f"(0 none, 1 flip, 2 flip + translate)")
     return level
 
 

@@ -1,4 +1,5 @@
-"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds: resnet_lite.training.state).
+"""Checkpoint files: written whole or not at all, pruned, found again, read back (what one holds:
+resnet_lite.training.state).
 
 Files are `checkpoints/step-00001234.pt`. A new one is complete (temp file, fsync, rename, fsync of the folder) before
 any other is removed; then the folder keeps the newest `keep` and the best one, and drops those of a later step (left
@@ -34,7 +35,9 @@ def list_checkpoints(directory) -> list[Path]:
 
 
 def _step(path: Path) -> int:
-    return int(_NAME.match(path.name).group(1))
+    match = _NAME.match(path.name)
+    assert match is not None, path  # called on list_checkpoints()' files, which all match
+    return int(match.group(1))
 
 
 def save_checkpoint(state: dict, directory, keep: int, best_step: int | None = None) -> Path:

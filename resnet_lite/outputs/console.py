@@ -47,7 +47,8 @@ class Progress:
         self.interactive = sys.stdout.isatty() if interactive is None else interactive
         self.bar = self.console = self._tty = None
         self.remaining = max(epochs * steps_per_epoch - done_steps, 0)  # steps left in the whole run
-        self.run_steps, self.run_start = 0, None  # steps this process trained, and since when
+        self.run_steps = 0  # steps this process trained
+        self.run_start: float | None = None  # since when: its first epoch's start
         if enabled and self.interactive:
             from rich.console import Console
             from rich.progress import Progress as Bar
@@ -85,6 +86,7 @@ class Progress:
         """Time left in the whole run: its steps left at this process's pace so far (evaluations included)."""
         if not self.run_steps:
             return "-:--:--"
+        assert self.run_start is not None  # start_epoch() set it before the first step
         return fmt_time(self.remaining * (time.perf_counter() - self.run_start) / self.run_steps)
 
     def update(self, images: int, loss, lr: float) -> None:
@@ -136,9 +138,9 @@ class Progress:
             columns.insert(4, "raw acc")
             widths.insert(4, 8)
         if not self.header_done:
-            self.print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+            self.print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
             self.header_done = True
-        self.print("  ".join(c.rjust(w) for c, w in zip(cells, widths)))
+        self.print("  ".join(c.rjust(w) for c, w in zip(cells, widths, strict=True)))
 
     def close(self) -> None:
         if self.bar:

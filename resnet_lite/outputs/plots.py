@@ -1,4 +1,5 @@
-"""The figures a run directory gets: training curves and the lr (curves.png) and the confusion matrix (confusion.png)."""
+"""The figures a run directory gets: training curves and the lr (curves.png) and the confusion matrix
+(confusion.png)."""
 import torch
 
 from .files import atomic_write
@@ -45,7 +46,7 @@ def curves_figure(rows: list[dict], title: str = "", schedule: list[tuple] | Non
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     ax_loss.legend()
     if schedule:
-        ax_lr.plot(*zip(*schedule), label="schedule (per step, as now set)")
+        ax_lr.plot(*zip(*schedule, strict=True), label="schedule (per step, as now set)")
     ax_lr.plot(epochs, [r["lr"] for r in rows], ".", label="last step of each epoch")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
@@ -93,7 +94,7 @@ def plot_results(rows: list[dict], path) -> None:
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for i, row in enumerate(rows):
         if row["curve"]:
-            epochs, acc = zip(*row["curve"])
+            epochs, acc = zip(*row["curve"], strict=True)
             label = f"{row['run']} ({row['model']})" if row.get("model") else row["run"]
             ax.plot(epochs, acc, marker="." if len(epochs) < 30 else None, color=plt.cm.tab10(i % 10), label=label)
     ax.set(xlabel="epoch", ylabel="test accuracy (%)", title="test accuracy per epoch")

@@ -62,8 +62,9 @@ class Reporter:
                    "val": len(ds.val) if ds.val is not None else 0, "classes": len(ds.classes),
                    "image_size": ds.train.images.shape[-1]}
         if self.wandb_on or set(cfg.log_with) - {"wandb"}:
-            self._start_trackers(wandb_config(cfg, accelerator, params=params, world_size=accelerator.num_processes,
-                                              steps_per_epoch=self.steps_per_epoch, dataset=dataset), ds.val is not None)
+            config = wandb_config(cfg, accelerator, params=params, world_size=accelerator.num_processes,
+                                  steps_per_epoch=self.steps_per_epoch, dataset=dataset)
+            self._start_trackers(config, ds.val is not None)
         self.write_start(rows, replace_earlier)
         where = f"resuming {resume} at epoch {state.epoch + 1} step {state.step}" if resume else "starting"
         lines = [f"{cfg.model} ({params:,} params) on {accelerator.num_processes} x {device_name(accelerator.device)}, "
@@ -160,7 +161,7 @@ class Reporter:
             "model": cfg.model, "run_dir": str(self.run_dir), "dataset": ds.name, "epochs": cfg.epochs,
             "steps": state.step, "best_test_acc": state.best["acc"], "best_epoch": state.best["epoch"],
             "final_test_acc": result["acc"], "final_test_loss": result["loss"],
-            "per_class_acc": dict(zip(ds.classes, result["per_class"])), "params": params,
+            "per_class_acc": dict(zip(ds.classes, result["per_class"], strict=True)), "params": params,
             "world_size": accelerator.num_processes, "eval_samples": result["samples"], "total_seconds": state.elapsed,
             "mixed_precision": accelerator.mixed_precision, "devices": gather_object([device_name(accelerator.device)]),
             "versions": versions(), "ema": cfg.ema.enabled, "tta": cfg.tta, "initial_weights": initial_weights,
@@ -191,9 +192,9 @@ class Reporter:
         raw = summary.get("final_test_acc_raw")
         if raw is not None and summary["final_test_acc"] < raw - EMA_WARN:
             self.progress.print(
-                f"warning: the weight average (EMA) ends {100 * (raw - summary['final_test_acc']):.1f} points below the "
-                f"raw weights ({100 * summary['final_test_acc']:.2f}% against {100 * raw:.2f}%); shorten it (lower "
-                f"ema.decay, or ema.ramp_power=3) or turn it off (ema.enabled=false)")
+                f"warning: the weight average (EMA) ends {100 * (raw - summary['final_test_acc']):.1f} points "
+                f"below the raw weights ({100 * summary['final_test_acc']:.2f}% against {100 * raw:.2f}%); "
+                f"shorten it (lower ema.decay, or ema.ramp_power=3) or turn it off (ema.enabled=false)")
 
     def close(self) -> None:
         self.progress.close()

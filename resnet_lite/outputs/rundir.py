@@ -49,9 +49,11 @@ PROFILE = "profile"
 WEIGHTS = {"last": "model_last.safetensors", "best": "model_best.safetensors"}
 EXPORTED = ("config.json", "model.safetensors")  # a timm-style folder written by `export --format safetensors`
 EVALUATIONS = ("evaluation-*.json", "confusion-*.png")
-RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS["best"], WEIGHTS["last"], CURVES)  # what a run writes beside checkpoints/
-CONFIG_HEADER = ("# the resolved settings of the run in this folder; output_dir is left out (null) so that the file can "
-                 "serve as\n# --config for a new run without pointing back here (continue this one with --resume)\n")
+# what a run writes beside checkpoints/
+RUN_FILES = (CONFIG, METRICS, SUMMARY, WEIGHTS["best"], WEIGHTS["last"], CURVES)
+CONFIG_HEADER = ("# the resolved settings of the run in this folder; output_dir is left out (null) so that the file "
+                 "can serve as\n"
+                 "# --config for a new run without pointing back here (continue this one with --resume)\n")
 RUN_OR_WEIGHTS = "a run directory, a .safetensors weights file or a folder written by `export --format safetensors`"
 INTENTS = ("new", "resume", "overwrite")
 
@@ -236,7 +238,8 @@ def claim(run_dir, intent: str = "new", resume_from=None):
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); choose another --output-dir") from None
+        raise UserError(f"cannot create the run directory {run_dir} ({e.strerror}); "
+                        f"choose another --output-dir") from None
     lock = RunLock(run_dir)
     try:
         lock.acquire()
@@ -265,7 +268,8 @@ def claimed(run_dir, name: str, accelerator, intent: str = "new", resume_from=No
     default_path(name)), claims it and holds it until the block ends; every process gets the same folder (yielded as a
     Path) or the same UserError. One clock and one look at the folder: a process that looked after the main one had
     written config.yaml would refuse alone and leave the others waiting."""
-    stack, decision = contextlib.ExitStack(), [None, None]  # (folder, the error)
+    stack = contextlib.ExitStack()
+    decision: list[str | None] = [None, None]  # (folder, the error)
     if accelerator.is_main_process:
         decision[0] = str(run_dir or default_path(name))
         try:
@@ -278,5 +282,6 @@ def claimed(run_dir, name: str, accelerator, intent: str = "new", resume_from=No
         broadcast_object_list(decision)
     if decision[1]:
         raise UserError(decision[1])
+    assert decision[0] is not None  # the main process chose it, and the broadcast gave it to every process
     with stack:
         yield Path(decision[0])

@@ -2,7 +2,7 @@
 
     run = load_run("runs/model5-20250101-120000")            # model_last.safetensors of a run directory
     run = load_run("runs/m5/model_best.safetensors")         # a weights file (its run's config.yaml when beside it)
-    run = load_run("exports/m5")                              # a timm-style folder written by `export --format safetensors`
+    run = load_run("exports/m5")                              # a timm-style folder from `export --format safetensors`
     logits = run.model(run.normalize(uint8_images))
 
 Weights files carry their own description (resnet_lite.outputs.checkpoint.save_weights metadata: model, num_classes,
@@ -79,7 +79,8 @@ def _check_meta(weights: Path, meta: dict) -> None:
                         f"not name hf-hub: or local-dir: models); give {RUN_OR_WEIGHTS}")
     for key, (low, high) in META_LIMITS.items():
         value = meta.get(key)
-        if value is None and key in ("image_size", "crop_pct"):  # optional: predict asks for image_size when it needs it
+        # optional: predict asks for image_size when it needs it
+        if value is None and key in ("image_size", "crop_pct"):
             continue
         number = (int, float) if isinstance(high, float) else int
         if isinstance(value, bool) or not isinstance(value, number) or not low <= value <= high:
@@ -97,7 +98,8 @@ def load_run(path, which: str = "last") -> TrainedModel:
     else:
         weights = weights_file(path, which)
         if weights.suffix != ".safetensors":
-            hint = " (a training checkpoint: give its run directory instead)" if weights.suffix in (".pt", ".pth") else ""
+            checkpoint = weights.suffix in (".pt", ".pth")
+            hint = " (a training checkpoint: give its run directory instead)" if checkpoint else ""
             raise UserError(f"{weights} is not a .safetensors weights file{hint}; give {RUN_OR_WEIGHTS}")
         state_dict, meta = load_weights(weights)
         if missing := [k for k in _META_KEYS if k not in meta]:

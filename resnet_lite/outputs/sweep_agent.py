@@ -39,7 +39,8 @@ class AgentRun:
         given = to_dict(cfg)
         swept = to_dict(resolve_config(base=given, overrides=[f"{k}={v}" for k, v in self.values.items()]))
         if differ := [k for k in self.values if _get(swept, k) != _get(given, k)]:
-            raise UserError(f"the W&B sweep gives this run {', '.join(f'{k}={self.values[k]}' for k in differ)}, but its "
+            given_here = ", ".join(f"{k}={self.values[k]}" for k in differ)
+            raise UserError(f"the W&B sweep gives this run {given_here}, but its "
                             f"command line did not: end the sweep's command with ${{args}} (launch/wandb_sweep.yaml)")
 
     def wandb_kwargs(self, kwargs: dict, named: bool) -> dict:

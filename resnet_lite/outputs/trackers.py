@@ -54,12 +54,18 @@ def require_installed(names) -> None:
 def build_trackers(names, run_dir: Path, *, wandb_kwargs: dict | None = None, project: str = PROJECT,
                    resumed_at: int = 0) -> list:
     """Accelerate's tracker objects, not started (Accelerator.init_trackers starts them). wandb_kwargs: wandb.init's
-    arguments, its project as `project` (None in a sweep: the agent's); resumed_at: the step a resumed run continues from (0: a new run)."""
+    arguments, its project as `project` (None in a sweep: the agent's); resumed_at: the step a resumed run continues
+    from (0: a new run)."""
     from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 
     run_dir = Path(run_dir)
+
+    def wandb_tracker(cls):
+        assert wandb_kwargs is not None, "wandb among the trackers needs wandb_kwargs"  # the Reporter gives both
+        return cls(wandb_kwargs.get("project"), **{k: v for k, v in wandb_kwargs.items() if k != "project"})
+
     made = {
-        "wandb": lambda cls: cls(wandb_kwargs.get("project"), **{k: v for k, v in wandb_kwargs.items() if k != "project"}),
+        "wandb": wandb_tracker,
         # SummaryWriter's purge_step: the rows after the step this process starts from, which it logs again, are
         # hidden (those an earlier process logged after its checkpoint; for a new run any earlier run's there)
         "tensorboard": lambda cls: cls(rundir.TENSORBOARD, run_dir, purge_step=resumed_at + 1),

@@ -1,5 +1,5 @@
-"""What people watching a run see: the console and Weights & Biases (the run directory's files: resnet_lite.outputs.files,
-its figures: resnet_lite.outputs.plots).
+"""What people watching a run see: the console and Weights & Biases (the run directory's files:
+resnet_lite.outputs.files, its figures: resnet_lite.outputs.plots).
 
 Everything here runs on the main process only (the trainer passes enabled=False elsewhere), except StepLog, which
 every process calls so that its rows are all processes' mean. On a terminal the console is a rich progress bar per
@@ -12,12 +12,14 @@ import netrc
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 from ..errors import UserError
 from ..training.distributed import DeferredReduce
 
-__all__ = ["WandbConfig", "WANDB_MODES", "StepLog", "wandb_mode", "wandb_settings", "define_wandb_metrics", "log_wandb_final", "log_wandb_model"]
+__all__ = ["WandbConfig", "WANDB_MODES", "StepLog", "wandb_mode", "wandb_settings", "define_wandb_metrics",
+           "log_wandb_final", "log_wandb_model"]
 
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # the W&B settings left null take these environment variables (wandb's own), then the default after them
@@ -33,15 +35,17 @@ class WandbConfig:
                                         "disabled otherwise (--wandb MODE sets it)"})
     project: str | None = field(default=None, metadata={"help": "null -> $WANDB_PROJECT, else resnet_lite"})
     entity: str | None = field(default=None, metadata={"help": "team or user; null -> $WANDB_ENTITY, else yours"})
-    name: str | None = field(default=None, metadata={"help": "the run's name; null -> $WANDB_NAME, else the run directory's"})
+    name: str | None = field(default=None, metadata={
+        "help": "the run's name; null -> $WANDB_NAME, else the run directory's"})
     group: str | None = field(default=None, metadata={
         "help": "runs shown together; null -> $WANDB_RUN_GROUP (a sweep sets its output folder's name)"})
-    tags: str | None = field(default=None, metadata={"help": "comma-separated, e.g. cifar10,baseline; null -> $WANDB_TAGS"})
+    tags: str | None = field(default=None, metadata={
+        "help": "comma-separated, e.g. cifar10,baseline; null -> $WANDB_TAGS"})
     notes: str | None = field(default=None, metadata={"help": "a description of the run; null -> $WANDB_NOTES"})
     log_every_steps: int = field(default=50, metadata={
         "help": "optimizer steps between history rows of the train loss (mean since the previous row over every "
-                "process's batches) and lr, for every tracker of log_with; read when the next is due, so the host never waits for them; 0 = per "
-                "epoch only"})
+                "process's batches) and lr, for every tracker of log_with; read when the next is due, so the host "
+                "never waits for them; 0 = per epoch only"})
     log_model: bool = field(default=False, metadata={
         "help": "upload model_best and model_last (with config.yaml) as versions of the artifact model-<run id>, "
                 "aliases best and last"})
@@ -55,7 +59,8 @@ def _logged_in() -> bool:
         return True
     host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
     try:
-        return netrc.netrc().authenticators(host) is not None
+        # no host in the URL: only the file's default entry can answer, as it does for ""
+        return netrc.netrc().authenticators(host or "") is not None
     except (OSError, netrc.NetrcParseError):
         return False
 
@@ -104,8 +109,8 @@ class StepLog:
 
     def __init__(self, log, every: int, world_size: int = 1):
         self.log, self.every, self.world_size = log, every, world_size
-        self.pending = None  # (step, lr, the DeferredReduce of the row's [loss sum, images])
-        self.mark = None  # (loss_sum, images) at the previous row, on the device
+        self.pending: tuple[int, float, DeferredReduce] | None = None  # (step, lr, the row's [loss sum, images])
+        self.mark: tuple[Any, int] | None = None  # (loss_sum, images) at the previous row, on the device
 
     def __call__(self, step: int, loss_sum, seen: int, lr: float) -> None:
         if not self.every or step % self.every:

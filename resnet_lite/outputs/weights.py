@@ -59,6 +59,7 @@ _WRAPPERS = ("_orig_mod.", "module.", "_orig_mod.")  # timm's clean_state_dict: 
 def read_state_dict(path: Path) -> dict:
     """The tensors of a weights file, unwrapped as timm's load_state_dict does; a UserError when it cannot be read as
     one, or when it is a pickle that asks for more than tensors and plain data."""
+    checkpoint: object  # a pickle may hold anything: checked below
     try:
         if str(path).endswith(".safetensors"):
             checkpoint = safetensors.torch.load_file(str(path), device="cpu")

@@ -4,7 +4,7 @@ or a grid of settings, on this machine or as one Slurm job array.
     python -m resnet_lite.sweep                                        # model0..model8 as the presets say (70 epochs)
     python -m resnet_lite.sweep model5 model8 --epochs 3 --data synthetic data.image_size=16   # a try on a CPU
     python -m resnet_lite.sweep --gpus 0,1,2,3                         # four runs at a time, one per GPU
-    python -m resnet_lite.sweep --launcher "accelerate launch --config_file launch/multi_gpu.yaml"   # each run on all GPUs
+    python -m resnet_lite.sweep --launcher "accelerate launch --config_file launch/multi_gpu.yaml"  # each run, all GPUs
     python -m resnet_lite.sweep model5 optim.lr=0.01,0.003,0.001 --seeds 3   # a grid: 9 runs, lr0.01-seed0 ...
     python -m resnet_lite.sweep model5 optim.lr=0.01,0.003 --launcher "slurm --gpus-per-node=1" --wait   # a job array
 

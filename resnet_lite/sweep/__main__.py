@@ -35,11 +35,11 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=int, help="GLOBAL training batch of every run (default: each preset's)")
     p.add_argument("--wandb", choices=["online", "offline", "disabled"])
     p.add_argument("--gpus", metavar="IDS", help="comma-separated GPU ids: runs go one per GPU, this many at a time")
-    p.add_argument("--launcher", metavar="CMD", help='what runs `-m resnet_lite.train ...`: local (the default: this '
-                                                     'Python), a command such as "accelerate launch --num_processes 2" '
-                                                     'or "torchrun --nproc_per_node 2", or slurm [SBATCH OPTIONS]: one '
-                                                     'job array of launch/slurm_1node.sbatch, e.g. "slurm --gpus-per-node=1 '
-                                                     '--time=04:00:00"')
+    p.add_argument("--launcher", metavar="CMD",
+                   help='what runs `-m resnet_lite.train ...`: local (the default: this Python), a command such as '
+                        '"accelerate launch --num_processes 2" or "torchrun --nproc_per_node 2", or slurm '
+                        '[SBATCH OPTIONS]: one job array of launch/slurm_1node.sbatch, e.g. '
+                        '"slurm --gpus-per-node=1 --time=04:00:00"')
     p.add_argument("--wait", action="store_true", help="with --launcher slurm: wait for the array, then collect it")
     return p
 

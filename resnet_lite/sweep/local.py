@@ -66,7 +66,8 @@ def run_sweep(presets, out_dir, train_args: list[str], gpus=(), launcher: str | 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     kind, prefix = parse_launcher(launcher)
-    pending, slots = deque(), deque(gpus or [None])
+    pending: deque = deque()  # PlannedRuns not started yet
+    slots = deque(gpus or [None])
     for run in runs:
         if (out_dir / run.name / "summary.json").is_file():
             echo(f"{run.name}: finished earlier, skipped")
@@ -75,7 +76,8 @@ def run_sweep(presets, out_dir, train_args: list[str], gpus=(), launcher: str | 
     if kind == "slurm":
         return run_on_slurm(runs, list(pending), out_dir, train_args, prefix, settings=settings, grid=grid, wait=wait,
                             echo=echo)
-    running, failed = {}, {}
+    running: dict = {}  # Popen -> (run name, GPU, log file)
+    failed: dict = {}
     try:
         while pending or running:
             while pending and slots:

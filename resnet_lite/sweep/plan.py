@@ -37,7 +37,8 @@ def _values(text: str) -> list[str]:
 def plan_runs(presets, overrides, seeds: int | None = None) -> tuple[list[PlannedRun], list[str], list[str]]:
     """(runs, overrides shared by all, the grid's keys): every preset with every combination of the KEY=V1,V2,...
     values (and seed=0..seeds-1), named by the values that differ (`lr0.01-seed0`)."""
-    shared, axes = [], []
+    shared: list[str] = []
+    axes: list[tuple[str, list[str]]] = []  # (key, its values)
     for override in overrides:
         key, _, value = override.partition("=")
         key, values = key.strip(), _values(value)
@@ -60,11 +61,11 @@ def plan_runs(presets, overrides, seeds: int | None = None) -> tuple[list[Planne
         axes.append(("seed", [str(i) for i in range(seeds)]))
     keys = [key for key, _ in axes]
     leaves = [key.rsplit(".", 1)[-1] for key in keys]
-    short = {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)}
+    short = {key: leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves, strict=True)}
     runs = []
     for preset in presets:
         for combo in itertools.product(*(values for _, values in axes)):
-            settings = tuple(zip(keys, combo))
+            settings = tuple(zip(keys, combo, strict=True))
             parts = [preset] if len(presets) > 1 or not axes else []
             parts += [short[key] + re.sub(r"[^\w.+-]", "_", value) for key, value in settings]
             runs.append(PlannedRun("-".join(parts), preset, settings))

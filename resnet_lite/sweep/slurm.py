@@ -129,7 +129,8 @@ def run_on_slurm(runs, pending, out_dir, train_args, sbatch_args, *, settings, g
         job, queued = None, []
     status = {name: f"queued in Slurm array {job}" for name in queued}
     if job and wait:
-        done, silent_since, delay = set(), None, SLURM_POLL[0]
+        done, silent_since = set(), None
+        delay: float = SLURM_POLL[0]  # seconds, growing by half after each look
         try:
             while True:
                 here = _in_queue(job)

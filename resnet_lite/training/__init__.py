@@ -6,7 +6,8 @@ signals or a non-finite loss (signals), and what a checkpoint holds (state).
 _EXPORTS = {  # name -> the module that defines it
     "Trainer": "trainer",
     "evaluate_loader": "engine", "train_one_epoch": "engine",
-    "DDPConfig": "distributed", "accelerator_session": "distributed", "resolve_mixed_precision": "distributed", "average_bn_stats": "distributed",
+    "DDPConfig": "distributed", "accelerator_session": "distributed", "resolve_mixed_precision": "distributed",
+    "average_bn_stats": "distributed",
     "OptimConfig": "optim", "ScheduleConfig": "optim", "build_optimizer": "optim", "build_scheduler": "optim",
     "EMAConfig": "ema",
     "Preempted": "signals", "NonFiniteLoss": "signals",

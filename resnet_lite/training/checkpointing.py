@@ -91,7 +91,7 @@ class Checkpointer:
         scheduler.load_state_dict(checkpoint["scheduler"])  # its base_lrs are the saved run's
         if len(fresh) == len(scheduler.base_lrs):  # an --lr / optim.lr given with --resume takes effect
             scheduler.base_lrs = fresh
-            for group, lr in zip(optimizer.param_groups, fresh):
+            for group, lr in zip(optimizer.param_groups, fresh, strict=True):
                 group["initial_lr"] = lr
         if self.accelerator.scaler is not None and checkpoint["scaler"] is not None:
             self.accelerator.scaler.load_state_dict(checkpoint["scaler"])
@@ -112,11 +112,11 @@ class Checkpointer:
         nothing changed)."""
         scheduler, step, cfg = self.scheduler, self.state.step, self.cfg
         groups = self.optimizer.param_groups
-        new = [base * f(step) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+        new = [base * f(step) for base, f in zip(scheduler.base_lrs, scheduler.lr_lambdas, strict=True)]
         old = groups[0]["lr"]
-        if all(g["lr"] == lr for g, lr in zip(groups, new)):
+        if all(g["lr"] == lr for g, lr in zip(groups, new, strict=True)):
             return None
-        for group, lr in zip(groups, new):
+        for group, lr in zip(groups, new, strict=True):
             group["lr"] = lr
         scheduler._last_lr = new
         changes = []

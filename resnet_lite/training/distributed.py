@@ -1,6 +1,7 @@
 """Setting up one or many processes: the Accelerator, the precision, DDP's options, and what processes agree on.
 
-    with accelerator_session(mixed_precision=resolve_mixed_precision("auto"), kwargs_handlers=[DDPConfig().kwargs_handler()]):
+    with accelerator_session(mixed_precision=resolve_mixed_precision("auto"),
+                             kwargs_handlers=[DDPConfig().kwargs_handler()]):
         agree(accelerator, error)                  # every process raises the UserError one of them met, or none does
         ds = main_process_first(accelerator, lambda: load_data(cfg))   # one download; a failure stops every process
         ...
@@ -115,6 +116,7 @@ def average_bn_stats(model: torch.nn.Module, accelerator: Accelerator) -> None:
     evaluates, and saves, the same model."""
     for m in model.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            assert m.running_mean is not None and m.running_var is not None  # kept with track_running_stats
             m.running_mean.copy_(accelerator.reduce(m.running_mean, "mean"))
             m.running_var.copy_(accelerator.reduce(m.running_var, "mean"))
 

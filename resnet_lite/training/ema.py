@@ -25,7 +25,8 @@ __all__ = ["EMAConfig", "build_ema", "ema_decay", "update_ema"]
 
 @dataclass
 class EMAConfig:
-    enabled: bool = field(default=False, metadata={"help": "evaluate and save the averaged weights instead of the raw ones"})
+    enabled: bool = field(default=False, metadata={
+        "help": "evaluate and save the averaged weights instead of the raw ones"})
     decay: float = field(default=0.999, metadata={
         "help": "per optimizer step; the average's half-life is ln(0.5) / ln(decay) steps (693 at 0.999)"})
     every: int = field(default=1, metadata={

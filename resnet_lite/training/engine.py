@@ -1,5 +1,6 @@
 """The two loops every run is made of, after timm's train_one_epoch / validate: an epoch of optimizer steps, and an
-evaluation pass over a split. The Trainer (resnet_lite.training.trainer) drives them; evaluate and the benchmarks reuse them.
+evaluation pass over a split. The Trainer (resnet_lite.training.trainer) drives them; evaluate and the benchmarks reuse
+them.
 
     with accelerator_session(mixed_precision="bf16") as accelerator:
         ...
@@ -54,7 +55,8 @@ def evaluate_loader(model, loader: DeviceLoader, normalize, num_classes: int, ac
     loss_sum, confusion = accelerator.reduce(loss_sum), accelerator.reduce(confusion).view(num_classes, num_classes)
     count = int(confusion.sum())
     return {"loss": loss_sum.item() / count, "acc": confusion.diag().sum().item() / count, "samples": count,
-            "per_class": (confusion.diag().double() / confusion.sum(1).clamp_min(1)).tolist(), "confusion": confusion.cpu()}
+            "per_class": (confusion.diag().double() / confusion.sum(1).clamp_min(1)).tolist(),
+            "confusion": confusion.cpu()}
 
 
 @dataclass(kw_only=True)
@@ -123,7 +125,7 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
             x = x.contiguous(memory_format=torch.channels_last)
         n = len(labels)
         chunks = min(loop.grad_accum, n)
-        for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), targets.tensor_split(chunks))):
+        for i, (xc, yc) in enumerate(zip(x.tensor_split(chunks), targets.tensor_split(chunks), strict=True)):
             # gradients are all-reduced once per optimizer step, on the last micro-batch
             with nullcontext() if i == chunks - 1 else accelerator.no_sync(loop.wrapped):
                 with accelerator.autocast():
@@ -140,7 +142,8 @@ def train_one_epoch(loop: Loop, state: TrainState, epoch: int, loader: DeviceLoa
             loop.ema_update(state.step)
         seen += n
         trained += n * world
-        progress.update(n * world, lambda: (loss_sum / seen).item(), lr)
+        # the loss is read within this call, only when the display refreshes (the defaults bind this step's values)
+        progress.update(n * world, lambda loss_sum=loss_sum, seen=seen: (loss_sum / seen).item(), lr)
         if loop.step_log:
             loop.step_log(state.step, loss_sum, seen, lr)
         if loop.profile_step:

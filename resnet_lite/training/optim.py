@@ -17,8 +17,8 @@ import torch
 from ..errors import UserError
 from ..models.tools import classifier_prefixes
 
-__all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler", "lr_factor",
-           "warmup_steps", "warmup_note",
+__all__ = ["OptimConfig", "ScheduleConfig", "param_groups", "classifier_prefixes", "build_optimizer", "build_scheduler",
+           "lr_factor", "warmup_steps", "warmup_note",
            "OPTIMIZERS", "SCHEDULES"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -78,7 +78,8 @@ class ScheduleConfig:
         "help": "the warm-up takes at most this fraction of the run, so that a run shorter than its preset planned "
                 "(fast: 2.5 of 12 epochs) still comes down to final_lr_fraction * lr; the console says when it cuts "
                 "the warm-up. 1: warmup_epochs as given, up to the whole run"})
-    start_lr_fraction: float = field(default=0.0, metadata={"help": "lr at step 0 during the warm-up, as a fraction of lr"})
+    start_lr_fraction: float = field(default=0.0, metadata={
+        "help": "lr at step 0 during the warm-up, as a fraction of lr"})
     final_lr_fraction: float = field(default=0.0, metadata={
         "help": "lr at the end (cosine, onecycle) or the minimum (report_cosine), as a fraction of lr"})
     t_max: int = field(default=200, metadata={"help": "optimizer steps, report_cosine's half period"})
@@ -92,7 +93,8 @@ class ScheduleConfig:
             raise UserError("schedule.start_lr_fraction and schedule.final_lr_fraction must be in [0, 1]")
         self.name = RENAMED_SCHEDULES.get(self.name, self.name)
         if self.name == "report_cosine" and self.warmup_epochs:
-            raise UserError("schedule report_cosine has no warm-up; set schedule.warmup_epochs=0 or use cosine/onecycle")
+            raise UserError("schedule report_cosine has no warm-up; "
+                            "set schedule.warmup_epochs=0 or use cosine/onecycle")
 
 
 def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:
@@ -100,7 +102,8 @@ def _decay_groups(model: torch.nn.Module, cfg: "OptimConfig") -> list[dict]:
     if cfg.layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
-        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        no_weight_decay = getattr(model, "no_weight_decay", None)  # timm's models may name parameters to skip
+        skip = no_weight_decay() if no_weight_decay is not None else ()
         return param_groups_layer_decay(model, cfg.weight_decay, skip, weight_decay_exclude_1d=cfg.no_decay_norm_bias,
                                         layer_decay=cfg.layer_decay)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -136,7 +139,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig) -> torch.optim.Opt
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov, fused=fused)
     adam = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
+    beta1, beta2 = cfg.betas  # a list when read from YAML
+    return adam(groups, lr=cfg.lr, betas=(beta1, beta2), fused=fused)
 
 
 def warmup_steps(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> int:
@@ -149,10 +153,10 @@ def warmup_note(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int) -> str |
     kept = warmup_steps(cfg, steps_per_epoch, epochs)
     if cfg.name == "report_cosine" or kept >= round(cfg.warmup_epochs * steps_per_epoch):
         return None
-    kept /= steps_per_epoch
+    kept_epochs = kept / steps_per_epoch
     return (f"schedule.warmup_epochs={cfg.warmup_epochs:g} is more than {cfg.warmup_max_fraction:g} of this "
-            f"{epochs}-epoch run: the warm-up takes {kept:.3g} epochs, so that the {cfg.name} schedule still comes "
-            f"down (schedule.warmup_max_fraction=1 keeps the whole warm-up)")
+            f"{epochs}-epoch run: the warm-up takes {kept_epochs:.3g} epochs, so that the {cfg.name} schedule still "
+            f"comes down (schedule.warmup_max_fraction=1 keeps the whole warm-up)")
 
 
 def lr_factor(cfg: ScheduleConfig, steps_per_epoch: int, epochs: int):

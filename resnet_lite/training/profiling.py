@@ -35,7 +35,7 @@ class StepProfiler:
         self.cuda, self.say, self.rank, self.steps, self.start = device.type == "cuda", say, rank, steps, start_step
         self.recorded = 0
         activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * self.cuda
-        self.profiler = torch.profiler.profile(
+        self.profiler: torch.profiler.profile | None = torch.profiler.profile(
             activities=activities, schedule=torch.profiler.schedule(wait=WAIT, warmup=WARMUP, active=steps, repeat=1),
             on_trace_ready=self._write, record_shapes=True)
         self.profiler.start()

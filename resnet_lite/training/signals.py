@@ -112,7 +112,7 @@ class StopCheck:
 
     def __init__(self, flag: StopFlag, device, world_size: int):
         self.flag, self.device, self.world_size = flag, torch.device(device), world_size
-        self.pending = None
+        self.pending: tuple[int, float, DeferredReduce] | None = None  # (step, lr, the flags' reduction)
 
     def _post(self, step: int, lr: float, loss_sum: torch.Tensor, model) -> None:
         flags = torch.zeros(3, device=self.device)

@@ -6,8 +6,9 @@ A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable
     config                                    the resolved TrainConfig as a dict
     classes                                   the class names the model was trained on
     world_size                                processes that wrote it
-    initial_weights                           where the run's starting weights came from (resnet_lite.models.pretrained),
-                                              None from scratch; a resume keeps it for the summary
+    initial_weights                           where the run's starting weights came from
+                                              (resnet_lite.models.pretrained), None from scratch; a resume keeps it for
+                                              the summary
     rng                                       the main process's generators (rng_state)
     ranks                                     per process, rank_extras(): its partial-epoch loss and image count, rng
                                               and BatchNorm buffers of [model, ema], which differ between processes
@@ -15,8 +16,8 @@ A checkpoint is a plain dict of tensors and plain data (nanoGPT style), loadable
     + every field of TrainState               epoch, batch, step, elapsed, best, best_val, best_step, wandb_id,
                                               train_loss_sum, train_images
 
-Augmentation draws from a generator seeded per step (resnet_lite.training.engine.step_seed), so it needs no saved state; the
-data order is a function of (seed, epoch), so resuming mid-epoch skips `batch` batches.
+Augmentation draws from a generator seeded per step (resnet_lite.training.engine.step_seed), so it needs no saved state;
+the data order is a function of (seed, epoch), so resuming mid-epoch skips `batch` batches.
 """
 import dataclasses
 import random
@@ -52,13 +53,16 @@ class TrainState:
                 setattr(self, f.name, state[f.name])
 
 
-REQUIRED = ("model", "optimizer", "scheduler", "config", "rng", "epoch", "batch", "step")  # a checkpoint, not another .pt
+# what makes a file a checkpoint, not another .pt
+REQUIRED = ("model", "optimizer", "scheduler", "config", "rng", "epoch", "batch", "step")
 
 
 def rng_state() -> dict:
     """The process's generators: {"torch", "cuda" (per device), "python", "numpy", "numpy_rest"}."""
     py = random.getstate()
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = np.random.get_state(legacy=True)
+    assert isinstance(state, tuple)  # legacy=True: the global generator is MT19937, given as a tuple
+    kind, keys, pos, has_gauss, gauss = state
     return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "python": [py[0], *py[1], py[2]], "numpy": torch.from_numpy(keys.astype(np.int64)),
             "numpy_rest": [pos, has_gauss, gauss]}
@@ -88,7 +92,7 @@ def rank_extras(loss_sum: float, images: int, modules: list) -> dict:
 def restore_rank_extras(extras: dict, modules: list) -> tuple[float, int]:
     """Put rank_extras() back into `modules` (the same list, None kept for absent ones) and the generators; returns
     the partial epoch's (train_loss_sum, train_images)."""
-    for module, buffers in zip(modules, extras["buffers"]):
+    for module, buffers in zip(modules, extras["buffers"], strict=True):
         for name, buffer in module.named_buffers() if module is not None else ():
             buffer.copy_(buffers[name])
     set_rng_state(extras["rng"])

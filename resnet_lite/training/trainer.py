@@ -15,7 +15,9 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 from accelerate import Accelerator
@@ -118,10 +120,10 @@ class Trainer:
                             f"with the run's own data, or start a new run in another --output-dir")
         # one download of pretrained weights, which the others then read; a resumed run restores its own weights: the
         # starting ones are neither downloaded nor loaded again
+        start: dict[str, Any] = {} if checkpoint else dict(
+            pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path, initial_checkpoint=cfg.initial_checkpoint)
         model, self.initial_weights = main_process_first(self.accelerator, lambda: initial_model(
-            cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **({} if checkpoint else dict(
-                pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
-                initial_checkpoint=cfg.initial_checkpoint))))
+            cfg.model, self.num_classes, in_chans=3, drop_rate=cfg.drop_rate, **start))
         self.architecture = getattr(model, "pretrained_cfg", {}).get("architecture") or cfg.model
         self.params = count_params(model)
         if checkpoint:
@@ -133,7 +135,8 @@ class Trainer:
                                 f"({first_line(e)}); resume with the run's own model and data") from None
         if cfg.sync_bn and self.world > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.model = model.to(self.device, memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
+        self.model = model.to(self.device,
+                              memory_format=torch.channels_last if cfg.channels_last else torch.preserve_format)
         self.ema = build_ema(cfg.ema, self.model)
         if self.ema is not None and checkpoint and checkpoint.get("ema") is not None:
             self.ema.module.load_state_dict(checkpoint["ema"])
@@ -165,15 +168,18 @@ class Trainer:
         self.reporter = Reporter(self.cfg, self.run_dir, self.accelerator, steps_per_epoch=self.steps_per_epoch,
                                  state=self.state)
         self.reporter.start(self.ds, self.rows, params=self.params, resume=self.resume, notes=notes,
-                            initial_weights=self.initial_weights, replace_earlier=self.overwrite and self.resume is None)
+                            initial_weights=self.initial_weights,
+                            replace_earlier=self.overwrite and self.resume is None)
 
     def _build_loop(self) -> None:
         cfg = self.cfg
         torch.backends.cudnn.benchmark = cfg.cudnn_benchmark
         # dynamic=False: a new batch size (an evaluation's last batch) gets a graph of its own, as fast as the first,
         # instead of turning the batch dimension symbolic for every later call
-        compiled = (functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
-                    else (lambda module: module))
+        # torch.compile of a Module returns a Module (OptimizedModule), though it is annotated as a Callable
+        compiled = cast(Callable[[torch.nn.Module], torch.nn.Module],
+                        functools.partial(torch.compile, dynamic=False, backend=cfg.compile_backend) if cfg.compile
+                        else (lambda module: module))
         if cfg.compile and self.device.type == "cpu":
             quiet_cuda_home()
         self.evaluator = TTA(compiled(self.evaluated), cfg.tta)  # the plain module: no collective in forward
@@ -205,13 +211,15 @@ class Trainer:
         """Train the remaining epochs, evaluating, selecting the best and saving after each; returns the summary."""
         cfg, state = self.cfg, self.state
         self.check = StopCheck(self.stop_flag, self.device, self.world)
-        self.result, self.raw_result, self.first_indices = None, None, None
+        self.result: dict | None = None  # the last test evaluation, and the raw weights' beside an EMA
+        self.raw_result: dict | None = None
+        self.first_indices = None
         self.t_start = time.perf_counter()
         for epoch in range(state.epoch, cfg.epochs):
             t_epoch = time.perf_counter()
             self.reporter.step_log.start_epoch()
             done = train_one_epoch(self.loop, state, epoch, self.train_loader, self.reporter.progress, self.check,
-                                   save=lambda batch, loss_sum, images: self._save(epoch, batch, loss_sum, images))
+                                   save=functools.partial(self._save, epoch))
             if done.outcome == DIVERGED:
                 self._end_run(done.stop, None, epoch)
             if done.outcome == STOPPED:  # a checkpoint at this very step, unless one was due there anyway
@@ -268,7 +276,10 @@ class Trainer:
             self.reporter.progress.evaluating()
             self._evaluate_test()
             val = self._evaluate(self.val_loader) if self.val_loader is not None else None
+        test: dict | None
+        raw: dict | None
         test, raw = (self.result, self.raw_result) if evaluated else ({}, {})
+        assert test is not None  # an evaluated epoch's _evaluate_test() has just set self.result
         row = {"epoch": epoch + 1, "step": state.step, "train_loss": done.train_loss, "test_loss": test.get("loss"),
                "test_acc": test.get("acc"), "lr": done.lr, "epoch_seconds": time.perf_counter() - t_epoch,
                "images_per_second": done.images_per_second}
@@ -283,7 +294,7 @@ class Trainer:
         selected = improved  # model selection on the held-out split when there is one
         if self.val_loader is not None:
             selected = val is not None and val["acc"] > state.best_val["acc"]
-            if selected:
+            if val is not None and selected:
                 state.best_val = {"acc": val["acc"], "epoch": epoch + 1, "test_acc": row["test_acc"]}
         if selected:
             state.best_step = state.step  # this epoch's checkpoint is kept as the best
@@ -296,13 +307,15 @@ class Trainer:
         self.reporter.close()
         if stop.diverged:
             good = self.checkpointer.last_good()
+            where = f"the last good checkpoint is {good}" if good else "no checkpoint yet"
             raise NonFiniteLoss(f"{stop.what} at step {stop.step} (epoch {epoch + 1}, lr {stop.lr:.3g}); stopped "
-                                f"without saving it: {f'the last good checkpoint is {good}' if good else 'no checkpoint yet'}"
+                                f"without saving it: {where}"
                                 f"; lower optim.lr (or raise schedule.warmup_epochs), then resume with --resume")
         self.reporter.mark_preempting(stop.signum)
         indices = self.first_indices if self.first_indices is not None else self.train_loader.local_indices()
         self._rank_report(indices, stopped=stop.signal_name)
-        self.accelerator.wait_for_everyone()  # no process exits (a launcher then kills the rest) before the file is whole
+        # no process exits (a launcher then kills the rest) before the file is whole
+        self.accelerator.wait_for_everyone()
         other = "" if self.stop_flag.signum else " on another process"
         raise Preempted(f"stopped by {stop.signal_name}{other} after step {self.state.step} (epoch {epoch + 1}); saved "
                         f"{saved}; continue with: python -m resnet_lite.train --output-dir {self.run_dir} --resume")
@@ -319,6 +332,7 @@ class Trainer:
         """model_last.safetensors, then the summary and the reporter's end of the run."""
         if self.result is None:  # nothing left to train (a finished run resumed): evaluate for the summary
             self._evaluate_test()
+        assert self.result is not None  # _evaluate_test() sets it
         summary = self.reporter.summary(self.ds, self.rows, self.result, self.raw_result, params=self.params,
                                         initial_weights=self.initial_weights)
         self._rank_report(self.first_indices)
@@ -341,7 +355,8 @@ def sample_predictions(evaluator, evaluated, normalize, split, accelerator, chan
         evaluated.eval()
         probs = evaluator(x).float().softmax(1).cpu()
     evaluated.train(was_training)
-    return [(image, label, int(p.argmax()), float(p.max())) for image, label, p in zip(images, labels.tolist(), probs)]
+    return [(image, label, int(p.argmax()), float(p.max()))
+            for image, label, p in zip(images, labels.tolist(), probs, strict=True)]
 
 
 class _NoCudaRuntimeNote(logging.Filter):
