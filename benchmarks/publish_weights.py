@@ -12,12 +12,14 @@ accuracy (a GPU's bf16 and this CPU's fp32 round near-ties differently: a few im
 - copies them to resnet_lite/models/weights/<model>.<tag>.safetensors (tag: <preset>_c10jpeg by default), and
 - adds their entry to resnet_lite/models/weights/published.json: the file, its sha256, the hf_hub_id a Hub copy would
   take (resnet-lite/<model>.<tag>), classes, mean/std, input size, the accuracy recorded on the GPU and the one measured
-  here (test_acc_cpu_fp32: what tests/integration/test_published_weights.py reproduces), and what data, recipe and commit.
+  here (test_acc_cpu_fp32: what tests/integration/test_published_weights.py reproduces), and what data, recipe and
+  commit.
 
 resnet_lite.models reads published.json at import: the entry becomes a pretrained tag of its model, the model's
 default, so `create_model("lite_r4b2", pretrained=True)` loads the file from the installed package (pyproject.toml's
 package-data includes weights/). Then commit the two files, run `pytest tests -k published_weights`, and fix the
-tests that expect "no pretrained weights are published" for that model (tests/integration/test_finetune.py, tests/unit/test_published_weights.py).
+tests that expect "no pretrained weights are published" for that model (tests/integration/test_finetune.py,
+tests/unit/test_published_weights.py).
 """
 import argparse
 import datetime

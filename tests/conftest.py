@@ -4,10 +4,11 @@ The writers live in support/formats.py: write_cifar_bin,
 write_cifar_py, write_cifar_archive, write_imagefolder, FakeCifar, FOLDERS.
 
 Fixtures: cifar10_bin, cifar10_py (FakeCifar under tmp_path/"data"); imagefolder (ImageTree: `.root` of a
-written tree, `.files` as write_imagefolder returns); http_server (serve a directory on 127.0.0.1: `http_server(dir) -> base URL`);
-unreachable_url (an http URL on a closed 127.0.0.1 port); jpeg_tarball (path of the real CIFAR-10-JPEG
-archive, or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder root); slurm_cluster (a
-real one-node Slurm, support/slurm.py, up for the session and torn down after it, or skip saying why there is none).
+written tree, `.files` as write_imagefolder returns); http_server (serve a directory on 127.0.0.1:
+`http_server(dir) -> base URL`); unreachable_url (an http URL on a closed 127.0.0.1 port); jpeg_tarball (path of the
+real CIFAR-10-JPEG archive, or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder
+root); slurm_cluster (a real one-node Slurm, support/slurm.py, up for the session and torn down after it, or skip
+saying why there is none).
 """
 import functools
 import http.server
@@ -71,7 +72,8 @@ def http_server():
     servers = []
 
     def serve(directory):
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(directory)))
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                                 functools.partial(_QuietHandler, directory=str(directory)))
         threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
@@ -96,7 +98,8 @@ def jpeg_tarball():
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return Path(candidate)
-    pytest.skip("real CIFAR-10-JPEG archive absent (set RESNET_LITE_JPEG_TARBALL or place ../shared/data/cifar10-jpeg.tar.gz)")
+    pytest.skip("real CIFAR-10-JPEG archive absent "
+                "(set RESNET_LITE_JPEG_TARBALL or place ../shared/data/cifar10-jpeg.tar.gz)")
 
 
 @pytest.fixture(scope="session")

@@ -23,7 +23,7 @@ def test_decoding_in_a_process_pool_matches_inline(imagefolder):
         data._decode_images(paths + [bad], None, workers=2)
 
 
-# ---------------------------------------------------------------------------------------------- synthetic, holdout, stats
+# -------------------------------------------------------------------------------------------- synthetic, holdout, stats
 
 
 @pytest.mark.slow

@@ -88,7 +88,7 @@ def test_processes_starting_together_download_once_and_all_load(tmp_path, archiv
         time.sleep(0.05)
     go.touch()
     outputs = [p.communicate(timeout=240) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (out, err) in zip(procs, outputs, strict=True):
         assert proc.returncode == 0 and "Traceback" not in err, err
         assert out.split() == [str(len(fake.train_labels)), str(len(fake.test_labels))]
     assert requests == [f"/{ARCHIVE}"]  # fetched once

@@ -38,7 +38,8 @@ def test_reproduces_the_runs_final_accuracy_and_writes_its_files(tiny_run):
     assert report["loss"] == pytest.approx(summary["final_test_loss"], rel=1e-6)
     assert 0.15 < report["acc"] < 1.0  # the run learnt something, and not everything: the checks above can fail
 
-    assert report["files"] == [str(tiny_run / "evaluation-last-test-tta1.json"), str(tiny_run / "confusion-last-test-tta1.png")]
+    assert report["files"] == [str(tiny_run / "evaluation-last-test-tta1.json"),
+                               str(tiny_run / "confusion-last-test-tta1.png")]
     saved = json.loads((tiny_run / "evaluation-last-test-tta1.json").read_text())
     assert saved["acc"] == report["acc"] and saved["confusion"] == report["confusion"]
     confusion = torch.tensor(saved["confusion"])
@@ -62,14 +63,16 @@ def test_tta_levels_are_the_hand_computed_ones(tiny_run, tmp_path):
         assert report["weights"].endswith("model_best.safetensors")
         assert "run_final_test_acc" not in report  # best weights measure something else than the summary's final
     assert evaluate(tiny_run, tta=2, output=tmp_path)["tta"] == 2
-    assert "run_final_test_acc" not in json.loads((tmp_path / "evaluation-last-test-tta2.json").read_text())  # not the run's level
+    # not the run's level
+    assert "run_final_test_acc" not in json.loads((tmp_path / "evaluation-last-test-tta2.json").read_text())
     # each setting has its own files: evaluating again with other settings kept the earlier results
     written = {p.name: json.loads(p.read_text()) for p in tmp_path.glob("evaluation-*.json")}
     assert {name: (r["weights"].rsplit("_", 1)[1], r["tta"]) for name, r in written.items()} == {
-        "evaluation-best-test-tta0.json": ("best.safetensors", 0), "evaluation-best-test-tta1.json": ("best.safetensors", 1),
+        "evaluation-best-test-tta0.json": ("best.safetensors", 0),
+        "evaluation-best-test-tta1.json": ("best.safetensors", 1),
         "evaluation-last-test-tta2.json": ("last.safetensors", 2)}
-    assert {p.name for p in tmp_path.glob("confusion-*.png")} == {n.replace("evaluation", "confusion").replace(".json", ".png")
-                                                                  for n in written}
+    assert {p.name for p in tmp_path.glob("confusion-*.png")} == {
+        n.replace("evaluation", "confusion").replace(".json", ".png") for n in written}
 
 
 def test_cli_prints_tables(tiny_run, tmp_path, capsys):
@@ -77,7 +80,8 @@ def test_cli_prints_tables(tiny_run, tmp_path, capsys):
     out = capsys.readouterr().out
     acc = _summary(tiny_run)["final_test_acc"]
     assert f"{100 * acc:.2f}% (the same)" in out
-    assert "flip" in out and "per class" in out and "confusion matrix" in out and all(f"class{i}" in out for i in range(10))
+    assert "flip" in out and "per class" in out and "confusion matrix" in out
+    assert all(f"class{i}" in out for i in range(10))
     assert json.loads((tmp_path / "evaluation-last-test-tta1.json").read_text())["acc"] == acc
     assert f"saved {tmp_path / 'evaluation-last-test-tta1.json'} and" in " ".join(out.split())
 

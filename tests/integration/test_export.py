@@ -37,7 +37,8 @@ def _reference(run, images):
         return run.model(run.normalize(images))
 
 
-@pytest.mark.skipif(not HAS_ONNX, reason="onnx/onnxruntime absent: the optional extra resnet_lite[export] is not installed")
+@pytest.mark.skipif(not HAS_ONNX,
+                    reason="onnx/onnxruntime absent: the optional extra resnet_lite[export] is not installed")
 @pytest.mark.parametrize("dynamo", [
     pytest.param(True, id="torch.export", marks=pytest.mark.skipif(
         not _importable("onnxscript"), reason="onnxscript (torch's torch.export-based exporter) absent")),

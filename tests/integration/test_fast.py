@@ -91,7 +91,8 @@ def test_ema_is_evaluated_beside_the_raw_weights_and_a_lagging_one_is_warned(tmp
     assert all(r["test_acc_raw"] is not None and r["test_loss_raw"] is not None for r in rows)
     state = torch.load(list_checkpoints(out / "checkpoints")[-1], weights_only=True)
     assert summary["final_test_loss_raw"] == pytest.approx(recomputed_test_loss(state["model"], out), rel=1e-4)
-    assert summary["final_test_acc_raw"] == rows[-1]["test_acc_raw"] and summary["final_test_acc"] == rows[-1]["test_acc"]
+    assert summary["final_test_acc_raw"] == rows[-1]["test_acc_raw"]
+    assert summary["final_test_acc"] == rows[-1]["test_acc"]
     assert "ema acc" in console and "raw acc" in console and "final test acc (raw weights)" in console
     # decay 0.999 over 8 steps: the average is still nearly the initial weights
     assert summary["final_test_acc"] < summary["final_test_acc_raw"] - 0.01
@@ -120,8 +121,8 @@ def test_fast_ema_ends_at_or_above_the_raw_weights_on_real_images(cifar10_jpeg_t
 
 def test_ema_weights_are_evaluated_saved_and_resumed(tmp_path):
     out = tmp_path / "run"
-    options = [*TINY, "ema.enabled=true", "ema.decay=0.8", "optim.name=sgd", "optim.lr=0.05", "checkpoint_every_steps=3",
-               "keep_checkpoints=10"]
+    options = [*TINY, "ema.enabled=true", "ema.decay=0.8", "optim.name=sgd", "optim.lr=0.05",
+               "checkpoint_every_steps=3", "keep_checkpoints=10"]
     summary = train(resolve_config(overrides=[*options, f"output_dir={out}"]))
     state = torch.load(list_checkpoints(out / "checkpoints")[-1], weights_only=True)
     last = load_weights(out / "model_last.safetensors")[0]

@@ -104,7 +104,8 @@ def test_a_five_class_run_fine_tuned_onto_ten_classes_frozen_then_resumed(five, 
               resume=tmp_path / "again" / "checkpoints" / epoch1.name)
     finally:
         shutil.move(tmp_path / "moved.safetensors", source_run / "model_last.safetensors")
-    assert same(load_weights(tmp_path / "again" / "model_last.safetensors")[0], load_weights(ft / "model_last.safetensors")[0])
+    assert same(load_weights(tmp_path / "again" / "model_last.safetensors")[0],
+                load_weights(ft / "model_last.safetensors")[0])
     assert json.loads((tmp_path / "again" / "summary.json").read_text())["initial_weights"] == origin
 
 

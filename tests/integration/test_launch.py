@@ -282,7 +282,8 @@ def test_slurm_time_limit_warning_on_one_gpu_checkpoints_and_requeues(sandbox):
     (record,) = _records(tmp / "out", "done")
     assert (record["rank"], record["world"], record["backend"]) == (0, 1, None), log
     assert record["signals"] == ["SIGUSR1"], log  # once: the launcher must not pass on a second one
-    assert record["argv"] == ["--variant", "model5", "optim.lr=0.05", "--output-dir", "runs/resnet_lite-4242", "--resume"]
+    assert record["argv"] == ["--variant", "model5", "optim.lr=0.05", "--output-dir", "runs/resnet_lite-4242",
+                              "--resume"]
     calls = (tmp / "slurm" / "calls.log").read_text().splitlines()
     assert "scancel --signal=USR1 4242" in calls
     assert calls[-1] == "scontrol requeue 4242", log
@@ -343,7 +344,8 @@ def test_launch_module_names_the_checkouts_recipes():
     assert proc.returncode == 0 and proc.stdout == f"{LAUNCH / 'cpu.yaml'}\n"
     assert _recipe_cli("torchrun.sh", cwd=REPO).stdout == f"{LAUNCH / 'torchrun.sh'}\n"
     listed = dict(line.split() for line in _recipe_cli(cwd=REPO).stdout.splitlines())
-    assert sorted(Path(p).name for p in listed.values()) == RECIPES and listed["multi_gpu"] == str(LAUNCH / "multi_gpu.yaml")
+    assert sorted(Path(p).name for p in listed.values()) == RECIPES
+    assert listed["multi_gpu"] == str(LAUNCH / "multi_gpu.yaml")
 
 
 def test_unknown_recipe_is_one_line_listing_the_names():
@@ -360,7 +362,8 @@ def test_wheel_carries_the_recipes_found_from_any_folder(tmp_path):
     import zipfile
 
     src, dist, site, elsewhere = (tmp_path / d for d in ("src", "dist", "site", "elsewhere"))
-    for folder in ("resnet_lite", "configs", "launch"):  # a copy: building writes build/ and *.egg-info beside the sources
+    # a copy: building writes build/ and *.egg-info beside the sources
+    for folder in ("resnet_lite", "configs", "launch"):
         shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, src / name)

@@ -1,4 +1,5 @@
-"""predict: real PNG/JPEG/BMP/GIF files of several sizes, directories, a broken file; the probabilities are the model's."""
+"""predict: real PNG/JPEG/BMP/GIF files of several sizes, directories, a broken file; the probabilities are the
+model's."""
 import json
 import os
 import subprocess
@@ -42,7 +43,7 @@ def test_png_files_of_test_images_get_the_models_probabilities(tiny_run, test_sp
         results, problems = predict(run, [tmp_path], top_k=3, tta=tta)
         assert problems == [] and [r["file"] for r in results] == [str(p) for p in paths]
         values, indices = _probs(run, images, 1 if tta is None else tta).topk(3, dim=1)
-        for r, v, ix in zip(results, values.tolist(), indices.tolist()):
+        for r, v, ix in zip(results, values.tolist(), indices.tolist(), strict=True):
             assert [t["index"] for t in r["top"]] == ix and [t["label"] for t in r["top"]] == [f"class{i}" for i in ix]
             assert [t["probability"] for t in r["top"]] == pytest.approx(v, abs=1e-6)
     assert not torch.allclose(_probs(run, images, 0), _probs(run, images, 1), atol=1e-3)  # so the level was checked
@@ -51,7 +52,8 @@ def test_png_files_of_test_images_get_the_models_probabilities(tiny_run, test_sp
 def test_any_size_and_format_is_resized_and_cropped_like_timms_eval_transform(tiny_run, tmp_path):
     run = load_run(tiny_run)
     rng = np.random.default_rng(0)
-    files = {"wide.jpg": (60, 100), "tall.png": (90, 30), "small.bmp": (5, 7), "anim.gif": (16, 16), "big.webp": (300, 400)}
+    files = {"wide.jpg": (60, 100), "tall.png": (90, 30), "small.bmp": (5, 7), "anim.gif": (16, 16),
+             "big.webp": (300, 400)}
     for name, (h, w) in files.items():
         Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
     Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8), mode="L").save(tmp_path / "grey.png")
@@ -64,7 +66,8 @@ def test_any_size_and_format_is_resized_and_cropped_like_timms_eval_transform(ti
             reference = timm_eval(img.convert("RGB"))
         assert torch.equal(read_image(r["file"], 8), reference)
         probs = _probs(run, reference[None])[0]
-        assert [t["probability"] for t in r["top"]] == pytest.approx(probs.sort(descending=True).values.tolist(), abs=1e-6)
+        assert [t["probability"] for t in r["top"]] == pytest.approx(probs.sort(descending=True).values.tolist(),
+                                                                     abs=1e-6)
         assert sum(t["probability"] for t in r["top"]) == pytest.approx(1.0, abs=1e-5)  # top 10 of 10 classes
 
 
@@ -99,7 +102,8 @@ def test_nothing_readable_is_an_error_in_a_real_process(tiny_run, tmp_path):
     assert proc.returncode == 2 and proc.stdout == "" and "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert lines[-1].startswith("error: no image could be predicted") and len(lines) == 3
-    assert any("broken.png cannot be read" in line for line in lines) and any("no image files" in line for line in lines)
+    assert any("broken.png cannot be read" in line for line in lines)
+    assert any("no image files" in line for line in lines)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:7"])

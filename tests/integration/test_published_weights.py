@@ -127,7 +127,8 @@ def test_weights_a_run_brings_back_are_published_and_load_offline(tmp_path, monk
 def test_a_publication_that_misses_its_recorded_accuracy_is_refused(tmp_path, monkeypatch):
     weights, meta = tmp_path / "w.safetensors", tmp_path / "w.json"
     weights.write_bytes(b"")
-    meta.write_text(json.dumps({"model": "lite_r4b2", "preset": "fast94", "test_acc": 0.9, "test_images": 60, "tta": 2}))
+    meta.write_text(json.dumps({"model": "lite_r4b2", "preset": "fast94", "test_acc": 0.9, "test_images": 60,
+                                "tta": 2}))
     monkeypatch.setattr(publish_weights, "evaluate_here", lambda *a, **k: {"acc": 0.8, "samples": 60})
     with pytest.raises(SystemExit, match="10.00 points from the recorded accuracy"):
         publish_weights.main([str(weights), "--data", "imagefolder:x", "--dest", str(tmp_path / "dest")])

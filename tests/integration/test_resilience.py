@@ -28,9 +28,9 @@ from support.formats import write_cifar_bin, write_imagefolder
 
 BIN = Path(sys.executable).parent
 # dropout (torch's RNG), EMA, a held-out split (best by val), every-3-step checkpoints: all of it must resume exactly
-RUN = ["--data", "synthetic", "data.image_size=8", "data.synthetic_train=320", "data.holdout=64", "data.synthetic_test=64",
-       "batch_size=64", "eval_batch_size=64", "epochs=3", "checkpoint_every_steps=3", "drop_rate=0.2", "ema.enabled=true",
-       "ema.decay=0.9"]
+RUN = ["--data", "synthetic", "data.image_size=8", "data.synthetic_train=320", "data.holdout=64",
+       "data.synthetic_test=64", "batch_size=64", "eval_batch_size=64", "epochs=3", "checkpoint_every_steps=3",
+       "drop_rate=0.2", "ema.enabled=true", "ema.decay=0.9"]
 TIMING = {"epoch_seconds", "images_per_second"}
 
 
@@ -89,7 +89,7 @@ def assert_same_run(out, reference):
     assert last["step"] == ref["step"] == 12
     for key in ("model", "ema"):
         assert all(torch.equal(last[key][k], ref[key][k]) for k in ref[key]), key
-    for sa, sb in zip(last["optimizer"]["state"].values(), ref["optimizer"]["state"].values()):
+    for sa, sb in zip(last["optimizer"]["state"].values(), ref["optimizer"]["state"].values(), strict=True):
         assert all(torch.equal(sa[k], sb[k]) for k in sb)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING} for r in rows]  # noqa: E731
     assert strip(_rows(out)) == strip(_rows(reference))  # one line per epoch, none twice, none missing
@@ -137,7 +137,8 @@ def test_unreadable_newest_checkpoint_falls_back_to_the_one_before(tmp_path, ref
 
     assert main(["--output-dir", str(out), "--resume"]) == 0
     captured = capsys.readouterr()
-    assert captured.err.startswith(f"warning: cannot read checkpoint {newest}") and "using step-00000009.pt" in captured.err
+    assert captured.err.startswith(f"warning: cannot read checkpoint {newest}")
+    assert "using step-00000009.pt" in captured.err
     assert f"resuming {out}/checkpoints/step-00000009.pt" in captured.out
     assert_same_run(out, reference)  # and the damaged step 12 has been written again, whole
 
@@ -154,7 +155,8 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path, capsys):
     assert e.value.code == 2 and err.count("\n") == 1
     assert err.startswith(f"error: no checkpoint in {checkpoints} can be read (newest: {checkpoints}/step-00000008.pt "
                           f"is not a resnet_lite checkpoint (no model, optimizer")
-    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == ["checkpoints", "step-00000004.pt", "step-00000008.pt"]
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == [
+        "checkpoints", "step-00000004.pt", "step-00000008.pt"]
 
 
 def test_checkpoints_kept_are_the_newest_and_the_best(reference):
@@ -194,7 +196,8 @@ def test_sigterm_saves_exits_75_and_resumes_exactly(tmp_path, reference, capsys)
     assert "Traceback" not in err and "SIGTERM received: saving a checkpoint after this step" in err
     stopped = err.strip().splitlines()[-1]
     step = _steps(out)[-1]
-    assert stopped.startswith(f"stopped by SIGTERM after step {step} ") and stopped.endswith(f"--output-dir {out} --resume")
+    assert stopped.startswith(f"stopped by SIGTERM after step {step} ")
+    assert stopped.endswith(f"--output-dir {out} --resume")
     assert step < 12 and not (out / "summary.json").exists()
 
     assert main(["--output-dir", str(out), "--resume"]) == 0
@@ -339,7 +342,8 @@ def _bad(tmp, case):
     if case == "corrupt image":
         write_imagefolder(tmp / "images")
         (tmp / "images/train/dog/0001.jpg").write_bytes(b"\xff\xd8 not really a JPEG")
-        return [*tiny, "--data", f"imagefolder:{tmp}/images"], f"error: {tmp}/images/train/dog/0001.jpg cannot be read as an image"
+        return ([*tiny, "--data", f"imagefolder:{tmp}/images"],
+                f"error: {tmp}/images/train/dog/0001.jpg cannot be read as an image")
     if case == "no network":
         return [*tiny, "--data", "cifar10", "--data-dir", str(tmp / "empty")], "error: cannot download http://127.0.0.1:"
     if case == "unwritable data directory":
@@ -347,7 +351,8 @@ def _bad(tmp, case):
         return [*tiny, "--data", "cifar10", "--data-dir", str(tmp / "file")], f"error: cannot download into {tmp}/file"
     if case == "unwritable output directory":
         (tmp / "file").write_text("")
-        return [*tiny[:-1], str(tmp / "file/run")], f"error: cannot create the run directory {tmp}/file/run: {tmp}/file is a file"
+        return ([*tiny[:-1], str(tmp / "file/run")],
+                f"error: cannot create the run directory {tmp}/file/run: {tmp}/file is a file")
     raise KeyError(case)
 
 
@@ -369,7 +374,8 @@ def test_bad_input_is_one_line_and_leaves_nothing(case, tmp_path, capsys, monkey
 
 @pytest.mark.parametrize("change, message", [
     (["model=lite_r4b3"], "is of lite_r4b2, not lite_r4b3; resume with the run's own model"),
-    (["--data", "imagefolder:{tmp}/images", "data.holdout=0"], "was trained on 10 classes, the data imagefolder:{tmp}/images has 3"),
+    (["--data", "imagefolder:{tmp}/images", "data.holdout=0"],
+     "was trained on 10 classes, the data imagefolder:{tmp}/images has 3"),
 ])
 def test_resume_from_a_run_of_another_model_or_class_count(change, message, reference, tmp_path, capsys):
     write_imagefolder(tmp_path / "images")

@@ -104,7 +104,8 @@ def _rows(run):
 @pytest.mark.slow
 def test_warned_job_checkpoints_is_requeued_and_ends_bitwise_equal_to_an_uninterrupted_run(slurm_cluster, tmp_path):
     """USR1 to the batch shell (what --signal=B:USR1@120 does before the time limit): the trainer saves and exits,
-    the script requeues the job, the same job resumes from that checkpoint and ends with the weights of one whole run."""
+    the script requeues the job, the same job resumes from that checkpoint and ends with the weights of one whole
+    run."""
     with open(tmp_path / "whole.log", "w") as whole_log:  # meanwhile, on the other CPU
         reference = subprocess.Popen([sys.executable, "-m", "resnet_lite.train", *RUN, "--output-dir",
                                       str(tmp_path / "whole")], env=dict(os.environ, OMP_NUM_THREADS="1",
@@ -205,8 +206,9 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
     finds both finished."""
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "optim.lr=0.01,0.003", "--seeds", "1",
-           "--output-dir", str(out), "--epochs", "1", "--data", "synthetic", "--batch-size", "64", "--wandb", "disabled",
-           "data.synthetic_train=128", "data.synthetic_test=32", "data.image_size=8", "eval_batch_size=64",
+           "--output-dir", str(out), "--epochs", "1", "--data", "synthetic", "--batch-size", "64",
+           "--wandb", "disabled", "data.synthetic_train=128", "data.synthetic_test=32", "data.image_size=8",
+           "eval_batch_size=64",
            "--launcher", "slurm " + " ".join(CPU)]
     env = _env(slurm_cluster, tmp_path)
     names = ["lr0.01-seed0", "lr0.003-seed0"]
@@ -225,7 +227,7 @@ def test_sweep_grid_as_one_job_array_collected_with_wait_and_skipped_after(slurm
     assert second.returncode == 0, second.stderr + second.stdout
     assert f"Slurm array {job} is still in the queue" in second.stdout or "finished earlier" in second.stdout
     assert json.loads((out / "slurm.json").read_text())["job"] == job  # not submitted twice
-    for i, name in enumerate(names):
+    for _i, name in enumerate(names):
         log = (out / name / "train.log").read_text()  # the task's own console, linked into its run folder
         assert "start 1: 0 GPU(s), 1 process(es)" in log and "lite_r4b2" in log
         config = (out / name / "config.yaml").read_text()
@@ -262,7 +264,8 @@ def _default_run_dir(job):
 @pytest.mark.slow
 def test_a_users_output_dir_is_the_run_dir_and_what_the_requeued_job_resumes(slurm_cluster, tmp_path):
     """`sbatch slurm_1node.sbatch ... --output-dir=DIR`: the recipe used to append its own --output-dir after it, which
-    argparse took instead, so the job trained in runs/<job name>-<job id>. Now DIR is the run directory of both starts."""
+    argparse took instead, so the job trained in runs/<job name>-<job id>. Now DIR is the run directory of both
+    starts."""
     run = tmp_path / "mine"
     job = Job(slurm_cluster, "slurm_1node.sbatch", CPU, [*RUN, f"--output-dir={run}"], _env(slurm_cluster, tmp_path),
               tmp_path / "job.out")
@@ -325,9 +328,9 @@ exit $rc
 @pytest.mark.slow
 def test_an_sbatch_or_squeue_that_does_not_answer_never_submits_an_array_twice(slurm_cluster, tmp_path):
     """Real sbatch and squeue behind PATH shims that answer late, the sweep's SLURM_TIMEOUT set to 3 s. Timeouts are
-    one-line errors; an sbatch that submitted but did not answer in time, or whose sweep was killed while it hung, leaves
-    an array that the sweep (then or on its next run) finds by the comment it wrote to slurm.json before calling sbatch,
-    and never submits again. The arrays are held (--hold): this is about what is submitted, not what runs."""
+    one-line errors; an sbatch that submitted but did not answer in time, or whose sweep was killed while it hung,
+    leaves an array that the sweep (then or on its next run) finds by the comment it wrote to slurm.json before calling
+    sbatch, and never submits again. The arrays are held (--hold): this is about what is submitted, not what runs."""
     shims = tmp_path / "shims"
     shims.mkdir()
     for name in ("sbatch", "squeue"):

@@ -40,7 +40,8 @@ def test_compile_is_static_a_new_eval_batch_size_recompiles_without_a_symbolic_b
     aot_eager: dynamo's guards and recompiles are the backend's input, the same as inductor's, without minutes of C++
     compilation on a CPU."""
     cmd = [sys.executable, "-m", "resnet_lite.train", *TINY, "data.synthetic_train=64", "data.synthetic_test=21",
-           "eval_batch_size=16", "compile=true", "compile_backend=aot_eager", "drop_last=true", "epochs=2", "--output-dir", str(tmp_path / "run")]
+           "eval_batch_size=16", "compile=true", "compile_backend=aot_eager", "drop_last=true", "epochs=2",
+           "--output-dir", str(tmp_path / "run")]
     proc = subprocess.run(cmd, cwd=tmp_path, env=_env(TORCH_LOGS="recompiles,dynamic"), capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

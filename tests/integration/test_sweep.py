@@ -110,7 +110,8 @@ def test_interrupted_sweep_resumes_and_writes_tables_and_figure(tmp_path):
 
 @pytest.mark.slow
 def test_a_run_stopped_by_its_own_signal_is_reported_resumable(tmp_path):
-    """A trainer preempted on its own (a cluster signals the job step): exit 75, not a failure, for the run and the sweep."""
+    """A trainer preempted on its own (a cluster signals the job step): exit 75, not a failure, for the run and the
+    sweep."""
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "--output-dir", str(out), *TINY]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -210,7 +211,8 @@ def test_a_grid_names_its_runs_by_what_differs():
                                    seeds=2)
     assert [r.name for r in runs] == ["lr0.01-seed0", "lr0.01-seed1", "lr0.003-seed0", "lr0.003-seed1"]
     assert runs[1].overrides == ["optim.lr=0.01", "seed=1"] and {r.preset for r in runs} == {"model5"}
-    assert shared == ["data.image_size=8", "optim.betas=[0.9,0.99]"] and grid == ["optim.lr", "seed"]  # a list is one value
+    assert shared == ["data.image_size=8", "optim.betas=[0.9,0.99]"]  # a list is one value
+    assert grid == ["optim.lr", "seed"]
     runs, _, _ = plan_runs(["model5", "model8"], ["optim.lr=0.01,0.003", "ema.decay=0.9,0.99"])
     assert [r.name for r in runs][:2] == ["model5-lr0.01-decay0.9", "model5-lr0.01-decay0.99"] and len(runs) == 8
     assert [r.name for r in plan_runs(["model5", "model8"], ["optim.lr=0.1"])[0]] == ["model5", "model8"]  # presets

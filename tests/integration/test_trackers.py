@@ -50,7 +50,8 @@ def logged(tmp_path_factory):
     proc = _train(tmp, out, "--log-with", "tensorboard,wandb,mlflow", "--wandb", "offline")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
-    wandb_rows = [wandb_items(r.history.item) for r in read_wandb_records(log) if r.WhichOneof("record_type") == "history"]
+    wandb_rows = [wandb_items(r.history.item) for r in read_wandb_records(log)
+                  if r.WhichOneof("record_type") == "history"]
     wandb = {}
     for row in wandb_rows:
         media = {key.split("/")[0] for key in row if key.endswith("/_type")}  # the final media: W&B's own

@@ -73,7 +73,8 @@ def test_run_leaves_every_artifact(short_run):
                                                "model_last.safetensors", "curves.png", "checkpoints"}
     assert not list(out.glob(".*.tmp")) and not list(out.glob("checkpoints/.*.tmp"))  # nothing half-written
     # the resolved settings, less output_dir: reused as --config, the file starts a new run rather than pointing back
-    assert from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text())) == dataclasses.replace(cfg, output_dir=None)
+    assert from_dict(TrainConfig, yaml.safe_load((out / "config.yaml").read_text())) == dataclasses.replace(
+        cfg, output_dir=None)
 
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2, 3] and [r["step"] for r in rows] == [8, 16, 24]  # 512 / 64 per epoch
@@ -153,7 +154,8 @@ def test_same_seed_same_weights_and_resume_mid_epoch_is_exact(tmp_path):
     assert a["steps"] == 8  # 256 / 64 per epoch, 2 epochs: accumulation does not change the step count
     assert same_weights(weights(tmp_path / "a/model_last.safetensors"), weights(tmp_path / "b/model_last.safetensors"))
     run(tmp_path / "c", *OPTIONS, "seed=1")
-    assert not same_weights(weights(tmp_path / "a/model_last.safetensors"), weights(tmp_path / "c/model_last.safetensors"))
+    assert not same_weights(weights(tmp_path / "a/model_last.safetensors"),
+                            weights(tmp_path / "c/model_last.safetensors"))
 
     # step 6 is mid-epoch 2 (4 steps per epoch): resume from it in a copy of the run directory
     resumed = tmp_path / "resumed"

@@ -62,7 +62,7 @@ def test_an_image_over_pils_pixel_limit_in_an_imagefolder_or_for_predict_is_a_on
     assert "exceeds limit" in problems[0][1]
 
 
-# ---------------------------------------------------------------------------------------------- a weights file's metadata
+# -------------------------------------------------------------------------------------------- a weights file's metadata
 
 
 GOOD_META = dict(model="lite_r4b2", num_classes=10, in_chans=3, image_size=32, classes=[str(i) for i in range(10)],

@@ -9,8 +9,8 @@ import hashlib
 import json
 import math
 import os
-import re
 import pty
+import re
 import subprocess
 import sys
 import threading
@@ -69,7 +69,8 @@ def offline_run(tmp_path_factory):
                COLUMNS="160", TERM="xterm-256color", WANDB_DIR=str(tmp / "wandb-default"))
     for key in ("WANDB_MODE", "WANDB_SILENT", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_TAGS", "RANK"):
         env.pop(key, None)
-    code, terminal = _on_a_terminal([sys.executable, "-m", "resnet_lite.train", *RUN, "--output-dir", str(out)], env, tmp)
+    code, terminal = _on_a_terminal([sys.executable, "-m", "resnet_lite.train", *RUN, "--output-dir", str(out)],
+                                    env, tmp)
     assert code == 0, terminal[-3000:]
     (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
     records = read_wandb_records(log)
@@ -106,13 +107,15 @@ def test_config_is_the_resolved_one_with_what_the_run_measured(offline_run):
     out, terminal, kinds = offline_run
     config = {}
     for r in kinds["config"]:
-        config.update({k: v["value"] if isinstance(v, dict) and "value" in v else v for k, v in wandb_items(r.config.update).items()})
+        config.update({k: v["value"] if isinstance(v, dict) and "value" in v else v
+                       for k, v in wandb_items(r.config.update).items()})
     cfg = resolve_config(overrides=[])
     assert {"model", "optim", "schedule", "augment", "ema", "wandb", "data"} <= set(config)
     assert config["mixed_precision"] == "no"  # what ran, not "auto"
     assert None not in config["augment"].values() and config["augment"]["flip"] is True  # the report preset, filled in
     assert config["params"] == 2_799_146 and config["world_size"] == 1 and config["steps_per_epoch"] == STEPS_PER_EPOCH
-    assert config["dataset"] == {"name": "synthetic", "train": 128, "test": 64, "val": 0, "classes": 10, "image_size": 8}
+    assert config["dataset"] == {"name": "synthetic", "train": 128, "test": 64, "val": 0, "classes": 10,
+                                 "image_size": 8}
     assert set(config["versions"]) == {"resnet_lite", "torch", "timm", "accelerate", "python"}
     assert config["wandb"]["log_every_steps"] == EVERY and config["model"] == cfg.model
 
@@ -193,8 +196,8 @@ def test_a_sweeps_runs_share_a_group(tmp_path):
     for key in ("WANDB_MODE", "WANDB_RUN_GROUP", "RANK"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "resnet_lite.sweep", "model5", "--output-dir", str(out), "--epochs", "1", "--data",
-           "synthetic", "--batch-size", "64", "--wandb", "offline", "data.synthetic_train=128", "data.synthetic_test=64",
-           "data.image_size=8", "eval_batch_size=64"]
+           "synthetic", "--batch-size", "64", "--wandb", "offline", "data.synthetic_train=128",
+           "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (log,) = (out / "model5").glob("wandb/offline-run-*/run-*.wandb")

@@ -21,8 +21,8 @@ from support.formats import read_wandb_records, wandb_items
 
 SWEEP = yaml.safe_load((REPO / "launch" / "wandb_sweep.yaml").read_text())
 SWEEP_ID, RUN_ID = "abc123xy", "run7q2zk"
-# what the sweep could give a run (each list's last value, each range's smallest), and, as fixed `value:` parameters would come
-# through ${args} too, what makes the run a short one on a CPU
+# what the sweep could give a run (each list's last value, each range's smallest), and, as fixed `value:` parameters
+# would come through ${args} too, what makes the run a short one on a CPU
 SWEPT = {"optim.lr": 0.2, "optim.weight_decay": 0.0001, "label_smoothing": 0.2, "augment.cutmix_alpha": 1.0,
          "augment.mixup_alpha": 0.8}
 SHORT = {"data.spec": "synthetic", "data.synthetic_train": 128, "data.synthetic_test": 64, "data.image_size": 8,

@@ -80,9 +80,11 @@ def write_cifar_bin(root, name="cifar10", n_train=50, n_test=20, seed=0) -> Fake
 
     if name == "cifar10":
         for i, idx in enumerate(_train_batches(name, n_train), 1):
-            (fake.folder / f"data_batch_{i}.bin").write_bytes(records(fake.train_images[idx], fake.train_labels[idx], None))
+            (fake.folder / f"data_batch_{i}.bin").write_bytes(
+                records(fake.train_images[idx], fake.train_labels[idx], None))
         (fake.folder / "test_batch.bin").write_bytes(records(fake.test_images, fake.test_labels, None))
-        (fake.folder / "batches.meta.txt").write_text("\n".join(fake.classes) + "\n\n")  # the official file ends in a blank line
+        # the official file ends in a blank line
+        (fake.folder / "batches.meta.txt").write_text("\n".join(fake.classes) + "\n\n")
     else:
         (fake.folder / "train.bin").write_bytes(records(fake.train_images, fake.train_labels, fake.coarse_train))
         (fake.folder / "test.bin").write_bytes(records(fake.test_images, fake.test_labels, fake.coarse_test))
@@ -109,7 +111,8 @@ def write_cifar_py(root, name="cifar10", n_train=50, n_test=20, seed=0) -> FakeC
 
     if name == "cifar10":
         for i, idx in enumerate(_train_batches(name, n_train), 1):
-            dump(f"data_batch_{i}", batch(f"training batch {i} of 5", fake.train_images[idx], fake.train_labels[idx], None))
+            dump(f"data_batch_{i}",
+                 batch(f"training batch {i} of 5", fake.train_images[idx], fake.train_labels[idx], None))
         dump("test_batch", batch("testing batch 1 of 1", fake.test_images, fake.test_labels, None))
         dump("batches.meta", {"label_names": fake.classes, "num_cases_per_batch": 10000, "num_vis": 3072})
     else:
@@ -143,7 +146,10 @@ def write_imagefolder(root, classes=("cat", "dog", "frog"), counts=None, size=(8
                 pixels = np.broadcast_to(colour, (size[0], size[1], 3)).copy()
                 fmt = formats[i % len(formats)]
                 path = folder / f"{i:04d}.{fmt}"
-                Image.fromarray(pixels).save(path, quality=95) if fmt in ("jpg", "jpeg") else Image.fromarray(pixels).save(path)
+                if fmt in ("jpg", "jpeg"):
+                    Image.fromarray(pixels).save(path, quality=95)
+                else:
+                    Image.fromarray(pixels).save(path)
                 written[split].append((path, label, pixels))
     return written
 
@@ -211,8 +217,8 @@ def hub_pixels(n, seed, size=(12, 12)):
 
 
 def write_parquet(folder, splits=(("train", 30), ("test", 9)), image="img", labels=("label",), size=(12, 12)):
-    """A dataset as the Hub stores one (classes: HUB_CLASSES): data/<split>-00000-of-00001.parquet with an Image column and ClassLabel ones;
-    returns {split: (pixels, {label column: labels})}."""
+    """A dataset as the Hub stores one (classes: HUB_CLASSES): data/<split>-00000-of-00001.parquet with an Image column
+    and ClassLabel ones; returns {split: (pixels, {label column: labels})}."""
     import datasets  # the hf extra's; only the tests that use it need it
 
     written = {}

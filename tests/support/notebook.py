@@ -31,7 +31,7 @@ class SeedNet(nn.Module):
         self.bn1 = nn.BatchNorm2d(32)
         self.relu = nn.ReLU(inplace=True)
         in_channels = 32
-        for i, (n, w, s) in enumerate(zip(blocks, widths, strides), 1):
+        for i, (n, w, s) in enumerate(zip(blocks, widths, strides, strict=True), 1):
             layers = [SeedBlock(in_channels, w, s)] + [SeedBlock(w, w) for _ in range(n - 1)]
             setattr(self, f"layer{i}", nn.Sequential(*layers))
             in_channels = w

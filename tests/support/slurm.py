@@ -220,7 +220,8 @@ class Cluster:
             f = self.folder / "munge"
             self._start("munged", [_program("munged"), "--foreground", "--force", f"--socket={self.socket}",
                                    f"--key-file={f / 'munge.key'}", f"--pid-file={f / 'munged.pid'}",
-                                   f"--seed-file={f / 'munged.seed'}", f"--log-file={self.folder / 'log' / 'munged.log'}"])
+                                   f"--seed-file={f / 'munged.seed'}",
+                                   f"--log-file={self.folder / 'log' / 'munged.log'}"])
             self._wait("munged's socket", self.socket.exists)
             self._start("slurmctld", [_program("slurmctld"), "-D", "-c", "-i", "-f", str(self.conf)])
             self._wait("slurmctld", lambda: self.run("scontrol", "ping", check=False).returncode == 0)

@@ -220,7 +220,8 @@ def test_zero_rotation_is_identity_and_small_rotations_match_pil():
     assert torch.equal(A.geometry(x, angle=torch.zeros(32)), x)
     angles = torch.linspace(-30, 30, 32)
     ours = A.geometry(x, angle=angles)
-    ref = torch.stack([tensor(TF.rotate(pil(im), float(a), TF.InterpolationMode.NEAREST, fill=0)) for im, a in zip(x, angles)])
+    ref = torch.stack([tensor(TF.rotate(pil(im), float(a), TF.InterpolationMode.NEAREST, fill=0))
+                       for im, a in zip(x, angles, strict=True)])
     # nearest-neighbour ties can round the other way in float32 vs Pillow's doubles
     assert (ours != ref).any(1).float().mean() < 1e-3
     assert (A.geometry(x, angle=-angles) != ref).any(1).float().mean() > 0.2  # direction matters
@@ -266,7 +267,7 @@ def test_color_jitter_equals_pil_image_enhance_in_every_order():
     for perm in itertools.permutations(range(3)):
         ours = A.color_jitter(x, factors, torch.tensor(perm).expand(n, 3))
         ref = []
-        for im, f in zip(x, factors):
+        for im, f in zip(x, factors, strict=True):
             p = pil(im)
             for op in perm:
                 p = enhance[op](p, float(f[op]))

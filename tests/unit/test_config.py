@@ -37,13 +37,15 @@ def test_precedence_defaults_preset_file_flags_overrides(tmp_path):
     assert preset_only.model == "lite_r5b2" and preset_only.name == "model0"
 
     with_file = resolve_config("model0", file)
-    assert (with_file.batch_size, with_file.epochs, with_file.optim.lr, with_file.schedule.name) == (256, 5, 0.02, "onecycle")
+    assert (with_file.batch_size, with_file.epochs, with_file.optim.lr, with_file.schedule.name) == (
+        256, 5, 0.02, "onecycle")
     assert with_file.model == "lite_r5b2"  # the preset's, untouched by the file
 
     with_flags = resolve_config("model0", file, flags={"optim.lr": 0.03, "epochs": None})
     assert (with_flags.optim.lr, with_flags.epochs) == (0.03, 5)  # a flag left out (None) changes nothing
 
-    full = resolve_config("model0", file, flags={"optim.lr": 0.03}, overrides=["optim.lr=0.04", "schedule.warmup_epochs=1"])
+    full = resolve_config("model0", file, flags={"optim.lr": 0.03},
+                          overrides=["optim.lr=0.04", "schedule.warmup_epochs=1"])
     assert (full.optim.lr, full.schedule.warmup_epochs, full.batch_size) == (0.04, 1.0, 256)
 
 
@@ -74,7 +76,8 @@ def test_override_values_get_their_field_types():
     assert cfg.optim.betas == (0.8, 0.99) and cfg.data.image_size == 16 and cfg.data.root is None
     assert cfg.augment.flip is False and cfg.drop_rate == 0.0 and isinstance(cfg.drop_rate, float)
     # "none" means null where the field cannot be a string; a folder may well be called "none"
-    assert resolve_config(overrides=["data.image_size=None", "data.root=none"]).data == dataclasses.replace(cfg.data, image_size=None, root="none")
+    assert resolve_config(overrides=["data.image_size=None", "data.root=none"]).data == dataclasses.replace(
+        cfg.data, image_size=None, root="none")
 
 
 @pytest.mark.parametrize("override, message", [
@@ -217,7 +220,8 @@ def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path, caps
     args = ["--variant", "model0", "--epochs", "3", "--output-dir", str(tmp_path / "run"), "optim.lr=0.5"]
     assert train_main(["--print-config", *args]) == 0
     printed = load_yaml(capsys.readouterr().out)
-    expected = resolve_config("model0", flags={"epochs": 3, "output_dir": str(tmp_path / "run")}, overrides=["optim.lr=0.5"])
+    expected = resolve_config("model0", flags={"epochs": 3, "output_dir": str(tmp_path / "run")},
+                              overrides=["optim.lr=0.5"])
     assert from_dict(TrainConfig, printed) == expected and printed["optim"]["lr"] == 0.5
     assert list(printed) == [f.name for f in dataclasses.fields(TrainConfig)]  # the order of config.yaml
     assert not (tmp_path / "run").exists()

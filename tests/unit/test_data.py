@@ -36,7 +36,8 @@ def official_md5s(monkeypatch, name, folder):
                for n, m in layout.train + layout.test}
         layouts.append(dataclasses.replace(
             layout, train=tuple((n, md5[n]) for n, _ in layout.train), test=tuple((n, md5[n]) for n, _ in layout.test),
-            meta_md5=hashlib.md5((folder / layout.meta).read_bytes()).hexdigest() if (folder / layout.meta).exists() else None))
+            meta_md5=(hashlib.md5((folder / layout.meta).read_bytes()).hexdigest()
+                      if (folder / layout.meta).exists() else None)))
     monkeypatch.setitem(cifar.SOURCES, name, dataclasses.replace(source, layouts=tuple(layouts)))
 
 
@@ -51,7 +52,8 @@ def test_cifar_extracted_copy_loads_offline_exactly(tmp_path, name, layout, unre
     with pytest.warns(UserWarning, match="differ from the official CIFAR checksums"):  # a subset copy
         ds = load_dataset(name, root=str(tmp_path))
     assert ds.name == name and ds.classes == fake.classes and ds.val is None
-    for split, images, labels in [(ds.train, fake.train_images, fake.train_labels), (ds.test, fake.test_images, fake.test_labels)]:
+    for split, images, labels in [(ds.train, fake.train_images, fake.train_labels),
+                                  (ds.test, fake.test_images, fake.test_labels)]:
         assert split.images.dtype == torch.uint8 and split.images.is_contiguous()
         assert torch.equal(split.images, torch.from_numpy(images))  # channel planes, row-major: CHW
         assert split.labels.dtype == torch.int64 and torch.equal(split.labels, torch.from_numpy(labels))
@@ -79,7 +81,8 @@ def test_cifar_one_changed_file_one_line_warning(cifar10_bin, monkeypatch):
     assert "data_batch_3.bin" in str(w.message) and "\n" not in str(w.message) and "data_batch_1" not in str(w.message)
 
 
-@pytest.mark.parametrize("layout, victim", [("bin", "data_batch_4.bin"), ("bin", "test_batch.bin"), ("py", "data_batch_2"), ("py", "test_batch")])
+@pytest.mark.parametrize("layout, victim", [("bin", "data_batch_4.bin"), ("bin", "test_batch.bin"),
+                                            ("py", "data_batch_2"), ("py", "test_batch")])
 def test_cifar_missing_batch_names_the_file(tmp_path, layout, victim):
     fake = (write_cifar_bin if layout == "bin" else write_cifar_py)(tmp_path)
     (fake.folder / victim).unlink()
@@ -87,7 +90,8 @@ def test_cifar_missing_batch_names_the_file(tmp_path, layout, victim):
         load_dataset("cifar10", root=str(tmp_path))
 
 
-@pytest.mark.parametrize("layout, victim", [("bin", "data_batch_2.bin"), ("py", "data_batch_5"), ("py", "batches.meta")])
+@pytest.mark.parametrize("layout, victim",
+                         [("bin", "data_batch_2.bin"), ("py", "data_batch_5"), ("py", "batches.meta")])
 def test_cifar_truncated_batch_names_the_file(tmp_path, layout, victim):
     fake = (write_cifar_bin if layout == "bin" else write_cifar_py)(tmp_path)
     path = fake.folder / victim
@@ -118,7 +122,8 @@ def test_cifar_download_verifies_md5_and_extracts(tmp_path, http_server, monkeyp
         ds = load_dataset(name, root=str(root))
     assert torch.equal(ds.train.images, torch.from_numpy(fake.train_images))
     assert torch.equal(ds.test.labels, torch.from_numpy(fake.test_labels))
-    assert sorted(p.name for p in root.iterdir()) == sorted([FOLDERS[name, layout], f"{FOLDERS[name, layout]}.stats.json"])
+    assert sorted(p.name for p in root.iterdir()) == sorted([FOLDERS[name, layout],
+                                                              f"{FOLDERS[name, layout]}.stats.json"])
 
 
 def test_cifar_download_with_wrong_md5_leaves_nothing(tmp_path, http_server, monkeypatch):
@@ -170,7 +175,7 @@ def test_imagefolder_loads_in_torchvision_order(imagefolder, tmp_path):
     assert ds.classes == reference.classes == ["cat", "dog", "frog"]
     assert ds.train.labels.tolist() == reference.targets
     assert len(ds.test) == 6 and ds.val is None and ds.train.images.shape == (12, 3, 8, 8)
-    for i, (path, label) in enumerate(reference.samples):
+    for i, (path, _label) in enumerate(reference.samples):
         expected = torch.from_numpy(np.array(Image.open(path).convert("RGB"))).permute(2, 0, 1)
         assert torch.equal(ds.train.images[i], expected), path
     written = {str(p): px for p, _, px in imagefolder.files["train"]}
@@ -190,7 +195,8 @@ def test_imagefolder_val_folder_becomes_val_split(tmp_path):
 
 
 def test_imagefolder_cache_is_used_and_invalidated(tmp_path):
-    write_imagefolder(tmp_path / "im", formats=("bmp", "png", "jpg"))  # BMP: the file size does not depend on the pixels
+    # BMP: the file size does not depend on the pixels
+    write_imagefolder(tmp_path / "im", formats=("bmp", "png", "jpg"))
     spec, cache = f"imagefolder:{tmp_path / 'im'}", tmp_path / "cache"
     first = load_dataset(spec, root=str(cache))
     (cache_file,) = cache.glob("imagefolder-*.pt")
@@ -272,7 +278,8 @@ def test_synthetic_is_deterministic_and_learnable():
     means = torch.stack([x_train[a.train.labels == c].mean(0) for c in range(10)])
     accuracy = (torch.cdist(x_test, means).argmin(1) == a.test.labels).float().mean()
     assert accuracy > 0.9
-    assert load_dataset("synthetic", synthetic_train=20, synthetic_test=10, image_size=16).train.images.shape == (20, 3, 16, 16)
+    synthetic = load_dataset("synthetic", synthetic_train=20, synthetic_test=10, image_size=16)
+    assert synthetic.train.images.shape == (20, 3, 16, 16)
 
 
 def test_holdout_is_a_seeded_disjoint_split(cifar10_bin):
@@ -283,7 +290,10 @@ def test_holdout_is_a_seeded_disjoint_split(cifar10_bin):
         again = load_dataset("cifar10", root=root, holdout=12)
     assert (len(ds.train), len(ds.val), len(ds.test)) == (38, 12, 20)
     assert torch.equal(ds.val.images, again.val.images)
-    rows = lambda x: {bytes(r) for r in x.flatten(1).numpy()}
+
+    def rows(x):
+        return {bytes(r) for r in x.flatten(1).numpy()}
+
     assert rows(ds.train.images) | rows(ds.val.images) == rows(torch.from_numpy(cifar10_bin.train_images))
     assert not rows(ds.train.images) & rows(ds.val.images)
     mean, std = reference_stats(ds.train.images)  # stats of the post-holdout training images

@@ -97,9 +97,13 @@ def test_a_save_to_disk_folder_and_an_image_folder_load_too(tmp_path):
     hub = load_dataset(f"hf:{tmp_path / 'tree'}", root=str(tmp_path / "root"))
     ours = load_dataset(f"imagefolder:{tmp_path / 'tree'}", root=str(tmp_path / "root"))
     assert hub.classes == ours.classes == ["cat", "dog", "frog"]
+
+    def order(split):
+        return sorted(range(len(split)), key=lambda i: (split.labels[i].item(), split.images[i].sum().item()))
+
     for a, b in ((hub.train, ours.train), (hub.test, ours.test)):
-        order = lambda split: sorted(range(len(split)), key=lambda i: (split.labels[i].item(), split.images[i].sum().item()))  # noqa: E731
-        assert torch.equal(a.images[order(a)], b.images[order(b)]) and torch.equal(a.labels[order(a)], b.labels[order(b)])
+        assert torch.equal(a.images[order(a)], b.images[order(b)])
+        assert torch.equal(a.labels[order(a)], b.labels[order(b)])
 
 
 

@@ -220,7 +220,8 @@ def test_dockerfile_leaves_the_test_base_and_its_ca_bundle_to_ci():
     stay on the official base by default and never name a CA bundle or certificate setting."""
     text = (DOCKER / "Dockerfile").read_text()
     uncommented = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
-    for word in ("ca-bundle", "ca-certificates", ".crt", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE", "test-base"):
+    for word in ("ca-bundle", "ca-certificates", ".crt", "SSL_CERT_FILE", "PIP_CERT", "REQUESTS_CA_BUNDLE",
+                 "test-base"):
         assert word not in uncommented, word
     assert "ARG BASE_IMAGE=pytorch/pytorch:" in text
 
@@ -238,7 +239,8 @@ def test_compose_reserves_gpus_with_room_for_nccl():
     assert device["capabilities"] == ["gpu"]
     assert device.get("count") == "all" or isinstance(device.get("count"), int) or device.get("device_ids")
     assert train.get("ipc") == "host" or _gibibytes(train["shm_size"]) >= 1  # Docker's default is 64 MB
-    assert (REPO / "docker" / train["build"]["context"] / train["build"]["dockerfile"]).resolve() == DOCKER / "Dockerfile"
+    dockerfile = REPO / "docker" / train["build"]["context"] / train["build"]["dockerfile"]
+    assert dockerfile.resolve() == DOCKER / "Dockerfile"
     assert train["environment"]["WANDB_API_KEY"] is None  # passed through from the shell, unset there: unset
     targets = {volume.split(":")[1] for volume in train["volumes"]}
     assert {"/data", "/cache", "/workspace/runs"} <= targets
@@ -251,7 +253,8 @@ def test_launch_readme_names_every_recipe_and_only_existing_files():
     readme = (LAUNCH / "README.md").read_text()
     for recipe in [*YAMLS, *SCRIPTS, DOCKER / "Dockerfile", DOCKER / "compose.yaml"]:
         assert recipe.relative_to(REPO).as_posix() in readme, recipe
-    for mentioned in set(re.findall(r"\b((?:launch|docker)/[\w.-]+\.(?:yaml|sh|sbatch|md)|docker/Dockerfile)\b", readme)):
+    for mentioned in set(re.findall(r"\b((?:launch|docker)/[\w.-]+\.(?:yaml|sh|sbatch|md)|docker/Dockerfile)\b",
+                                    readme)):
         assert (REPO / mentioned).exists(), mentioned
     for command in re.findall(r"^\s*(?:\w+=\S+ )*accelerate launch (.*?)$", readme, re.M):
         words = shlex.split(command.rstrip("\\"))

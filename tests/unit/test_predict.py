@@ -1,4 +1,5 @@
-"""predict: real PNG/JPEG/BMP/GIF files of several sizes, directories, a broken file; the probabilities are the model's."""
+"""predict: real PNG/JPEG/BMP/GIF files of several sizes, directories, a broken file; the probabilities are the
+model's."""
 
 import pytest
 from PIL import Image
@@ -23,7 +24,8 @@ def test_find_images_keeps_the_order_given_and_sorts_directories(tmp_path):
 
 
 def test_tta_needs_an_explicit_level_and_never_takes_the_run(capsys):
-    """`predict --tta RUN IMAGES` used to take RUN as the level (nargs='?'): now it is a one-line error naming the fix."""
+    """`predict --tta RUN IMAGES` used to take RUN as the level (nargs='?'): now it is a one-line error naming the
+    fix."""
     with pytest.raises(SystemExit) as exit_info:
         main(["--tta", "runs/x", "photo.png"])
     assert exit_info.value.code == 2

@@ -49,7 +49,7 @@ def test_schedules_warm_up_and_end_where_configured(name):
     if name == "constant":
         assert values == [1.0] * 40
     else:
-        assert all(a >= b for a, b in zip(values, values[1:])) and f(50) == pytest.approx(0.05)
+        assert all(a >= b for a, b in zip(values, values[1:], strict=False)) and f(50) == pytest.approx(0.05)
 
 
 def test_optimizers():

@@ -54,7 +54,8 @@ def python2_pickle(obj) -> bytes:
 
 
 @pytest.mark.parametrize("kind", ["os.system", "open", "exec"])
-@pytest.mark.parametrize("name, victim", [("cifar10", "test_batch"), ("cifar10", "batches.meta"), ("cifar100", "train")])
+@pytest.mark.parametrize("name, victim",
+                         [("cifar10", "test_batch"), ("cifar10", "batches.meta"), ("cifar100", "train")])
 def test_a_cifar_pickle_that_would_create_a_file_is_refused(tmp_path, kind, name, victim):
     fake = write_cifar_py(tmp_path, name)
     marker, path = tmp_path / "ran", fake.folder / victim
@@ -65,8 +66,8 @@ def test_a_cifar_pickle_that_would_create_a_file_is_refused(tmp_path, kind, name
     with pytest.raises(UserError) as error:
         load_dataset(name, root=str(tmp_path))
     assert not marker.exists()
-    assert str(error.value) == f"{path} is not a plain CIFAR batch: it asks to load {asked}; delete {fake.folder} and " \
-                               f"download CIFAR again"
+    assert str(error.value) == (f"{path} is not a plain CIFAR batch: it asks to load {asked}; delete {fake.folder} "
+                                "and download CIFAR again")
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
