@@ -336,9 +336,27 @@ def settings_help(width: int = 118) -> str:
     return "\n".join(lines)
 
 
+# Names other tools give these settings (timm's train.py flags, Lightning, Hugging Face's TrainingArguments), read
+# as a user brings them (--learning-rate is the key learning_rate): the error names ours.
+OTHER_TOOLS_NAMES = {
+    "learning_rate": "optim.lr", "wd": "optim.weight_decay", "opt": "optim.name", "optimizer": "optim.name",
+    "momentum": "optim.momentum", "max_epochs": "epochs", "num_epochs": "epochs", "num_train_epochs": "epochs",
+    "bs": "batch_size", "per_device_train_batch_size": "batch_size", "validation_batch_size": "eval_batch_size",
+    "smoothing": "label_smoothing", "mixup": "augment.mixup_alpha", "cutmix": "augment.cutmix_alpha",
+    "mixup_prob": "augment.mix_prob", "mixup_switch_prob": "augment.switch_prob", "mixup_mode": "augment.mix_mode",
+    "drop": "drop_rate", "model_ema": "ema.enabled", "model_ema_decay": "ema.decay", "sched": "schedule.name",
+    "warmup_epochs": "schedule.warmup_epochs", "amp": "mixed_precision", "precision": "mixed_precision",
+    "torchcompile": "compile", "experiment": "name",
+    "log_wandb": "wandb.mode", "report_to": "log_with", "output": "output_dir", "data_dir": "data.root",
+}
+
+
 def _suggest(key: str, cls) -> str:
-    """'did you mean ...?' for an unknown dotted key at the level of dataclass `cls`: the closest sibling name,
-    else a setting elsewhere with the same last name ('lr' -> 'optim.lr'), else the closest dotted setting."""
+    """'did you mean ...?' for an unknown dotted key at the level of dataclass `cls`: what another tool's name means
+    here (OTHER_TOOLS_NAMES), else the closest sibling name, else a setting elsewhere with the same last name ('lr' ->
+    'optim.lr'), else the closest dotted setting."""
+    if key in OTHER_TOOLS_NAMES:
+        return f"did you mean '{OTHER_TOOLS_NAMES[key]}'?"
     parent, _, leaf = key.rpartition(".")
     parent = parent + "." if parent else ""
     siblings = [f.name for f in dataclasses.fields(cls)]
@@ -443,7 +461,8 @@ def settings_argv(argv, options) -> list[str]:
     turned into the KEY=VALUE overrides they mean: --optim.lr=0.01 and --optim.lr 0.01 (tyro's hyphens too:
     --optim.weight-decay 5e-4); a true/false setting alone is true (--ema.enabled), and takes a following true or
     false as its value. A word is a setting when it is not one of the parser's `options` and names one, or looks
-    like one (dotted, or with an underscore: a misspelt one then gets the did-you-mean of an override). `--` ends it."""
+    like one (dotted, with an underscore, or another tool's name for one: a misspelt one then gets the did-you-mean of
+    an override). `--` ends it."""
     out: list[str] = []
     words, i = list(argv), 0
     top = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -454,7 +473,8 @@ def settings_argv(argv, options) -> list[str]:
             return out + words[i - 1:]
         flag, eq, value = word.partition("=")
         key = flag[2:].replace("-", "_")
-        if not word.startswith("--") or flag in options or not (key in top or "." in key or "_" in key):
+        if not word.startswith("--") or flag in options or not (key in top or "." in key or "_" in key
+                                                                or key in OTHER_TOOLS_NAMES):
             out.append(word)
             continue
         tp = _setting_type(key)
@@ -463,6 +483,8 @@ def settings_argv(argv, options) -> list[str]:
             if tp is not None and _is_bool(tp):
                 takes = following is not None and following.lower() in ("true", "false")
                 value = following if takes else "true"
+            elif tp is None and (following is None or following.startswith("--")):
+                takes, value = False, "true"  # no such setting: the override's did-you-mean says which one is meant
             elif following is None or following.startswith("--"):
                 raise UserError(f"{flag} needs a value; write {flag}=VALUE or {flag} VALUE")
             else:

@@ -243,9 +243,21 @@ def test_print_config_without_output_dir_shows_where_a_run_would_go(capsys):
     (["--data.image_size=big"], "error: data.image_size must be an integer or null, got 'big'"),
     (["--optim.lr", "--epochs", "2"], "error: --optim.lr needs a value; write --optim.lr=VALUE or --optim.lr VALUE"),
     (["--ema.enabled=maybe"], "error: ema.enabled must be true or false, got 'maybe'"),
+    # other tools' names (timm's train.py, Lightning, Hugging Face) say which setting is ours
+    (["--learning-rate", "0.1"], "error: unknown setting 'learning_rate' in the overrides; did you mean 'optim.lr'?"),
+    (["--max_epochs=3"], "error: unknown setting 'max_epochs' in the overrides; did you mean 'epochs'?"),
+    (["--smoothing", "0.1"], "error: unknown setting 'smoothing' in the overrides; did you mean 'label_smoothing'?"),
+    (["--model-ema"], "error: unknown setting 'model_ema' in the overrides; did you mean 'ema.enabled'?"),
+    (["--mixup", "0.2"], "error: unknown setting 'mixup' in the overrides; did you mean 'augment.mixup_alpha'?"),
 ])
 def test_flag_errors_are_the_overrides_one_line_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         train_main([*argv, "--print-config"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(message) and err.count("\n") == 1
+
+
+def test_every_other_tools_name_points_at_a_setting():
+    from resnet_lite.config import OTHER_TOOLS_NAMES, _paths
+
+    assert set(OTHER_TOOLS_NAMES.values()) <= set(_paths(TrainConfig))
