@@ -47,10 +47,12 @@ def _section(title):
 
 
 def test_test_command_is_what_ci_runs():
-    (block,) = re.findall(r"```bash\n(.*?)\n```", _section("Run the tests"), re.S)
+    block, _lint = re.findall(r"```bash\n(.*?)\n```", _section("Run the tests"), re.S)
     ci = (REPO / ".ci" / "run").read_text()
     assert re.findall(r"^TEST_COMMAND='(.*)'$", ci, re.M) == [block.strip()]
-    assert 'eval "$TEST_COMMAND" || rc=$?' in ci and ci.rstrip().endswith("exit $(( rc || image_rc ))")
+    assert 'eval "$TEST_COMMAND" || rc=$?' in ci and ci.rstrip().endswith("exit $(( rc || image_rc || lint_rc ))")
+    (lint,) = re.findall(r"```bash\n(.*?)\n```", _section("Run the tests").split("Lint and types", 1)[1], re.S)
+    assert re.findall(r"^LINT_COMMAND='(.*)'$", ci, re.M) == [lint.strip()] and 'eval "$LINT_COMMAND"' in ci
 
 
 def test_install_command_is_the_main_job():
