@@ -36,7 +36,7 @@ def _as_images(pixels):
     return torch.from_numpy(pixels).permute(0, 3, 1, 2)
 
 
-def test_a_parquet_dataset_loads_with_its_class_names_and_exacthub_pixels(tmp_path):
+def test_a_parquet_dataset_loads_with_its_class_names_and_exact_pixels(tmp_path):
     written = write_parquet(tmp_path / "pq", splits=(("train", 30), ("validation", 6), ("test", 9)))
     ds = load_dataset(f"hf:{tmp_path / 'pq'}", root=str(tmp_path / "root"))
     assert ds.classes == CLASSES and ds.name == "pq"
