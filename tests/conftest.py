@@ -1,14 +1,14 @@
 """Shared test fixtures: tiny datasets written in the official on-disk formats, for any test to reuse.
 
-The writers live in support/formats.py: write_cifar_bin,
-write_cifar_py, write_cifar_archive, write_imagefolder, FakeCifar, FOLDERS.
+The writers live in support/formats.py: write_cifar_bin, write_cifar_py, write_cifar_archive, write_imagefolder,
+FakeCifar, FOLDERS.
 
-Fixtures: cifar10_bin, cifar10_py (FakeCifar under tmp_path/"data"); imagefolder (ImageTree: `.root` of a
-written tree, `.files` as write_imagefolder returns); http_server (serve a directory on 127.0.0.1:
-`http_server(dir) -> base URL`); unreachable_url (an http URL on a closed 127.0.0.1 port); jpeg_tarball (path of the
-real CIFAR-10-JPEG archive, or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder
-root); slurm_cluster (a real one-node Slurm, support/slurm.py, up for the session and torn down after it, or skip
-saying why there is none).
+Fixtures: cifar10_bin, cifar10_py (FakeCifar under tmp_path/"data"); imagefolder (ImageTree: `.root` of a written
+tree, `.files` as write_imagefolder returns); http_server (serve a directory on 127.0.0.1: `http_server(dir) -> base
+URL`); unreachable_url (an http URL on a closed 127.0.0.1 port); jpeg_tarball (path of the real CIFAR-10-JPEG archive,
+or skip); cifar10_jpeg_tree (that archive extracted once per session; the ImageFolder root); slurm_cluster (a real
+one-node Slurm, support/slurm.py, up for the session and torn down after it, or skip saying why there is none);
+tiny_run (one real training run per session, support/tiny_run.py); hub_offline (the datasets library without network).
 """
 import functools
 import http.server
@@ -141,3 +141,17 @@ def tiny_run(tmp_path_factory):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval_samples"] == tiny_run_settings.TEST_IMAGES
     return run
+
+
+@pytest.fixture
+def hub_offline(monkeypatch, tmp_path):
+    """The Hub tests: no network, and the datasets library's own cache in the test's folder."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")

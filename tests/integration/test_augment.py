@@ -1,6 +1,5 @@
-"""Batched augmentation: each op against a hand computation or PIL itself, and the `report` preset against
-torchvision's per-image PIL transforms in distribution (two-sample Kolmogorov-Smirnov distances, with a
-mis-parameterised control beside each check to show the tolerance would catch it)."""
+"""Batched augmentation: the training runs and real processes. The rest, and what the file tests and why:
+tests/unit/test_augment.py."""
 
 
 import pytest
@@ -10,8 +9,6 @@ from resnet_lite.data import augment as A
 
 MEAN = (0.4914, 0.4821, 0.4465)
 STD = (0.2470, 0.2434, 0.2615)
-# KS distance between two samples of 2,000: the 0.1% critical value is 1.95 * sqrt(2 / 2000) = 0.062
-KS_TOL = 0.07
 
 
 def gen(seed=0):

@@ -1,38 +1,21 @@
-"""The training configuration: precedence, dotted overrides, one-line errors, and the shipped presets."""
-import dataclasses
+"""The training configuration: the training runs and real processes. The rest, and what the file tests and why:
+tests/unit/test_config.py."""
 import os
 import re
 import subprocess
 import sys
-import typing
 
 import pytest
 import yaml
 
 from resnet_lite.config import (
-    TrainConfig,
     load_yaml,
     resolve_config,
     to_dict,
 )
 from resnet_lite.train import main as train_main
 
-
-def _settings(cls=TrainConfig, prefix=""):
-    """(dotted name, dataclass field) of every setting, nested configs expanded."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _settings(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            yield prefix + f.name, f
-
-
-def _default(path):
-    value = to_dict(TrainConfig())
-    for part in path.split("."):
-        value = value[part]
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()
+from support.settings import default_text, settings
 
 
 def test_presets_load_from_the_installed_package(tmp_path):
@@ -108,12 +91,12 @@ def test_wandb_agents_arguments_are_read_as_overrides(capsys):
 def test_help_lists_every_setting_with_its_type_and_default():
     usage = subprocess.run([sys.executable, "-m", "resnet_lite.train", "--help"], capture_output=True, text=True,
                            check=True, env=dict(os.environ, COLUMNS="80")).stdout
-    for path, f in _settings():
+    for path, f in settings():
         line = re.search(rf"^  {re.escape(path)} +(\S.*?) = (\S+): \S", usage, re.M)
         if path == "optim.betas":  # a list has spaces: [0.9, 0.999]
             line = re.search(rf"^  {re.escape(path)} +(\S.*?) = (\[.*?\]): \S", usage, re.M)
         assert line, f"{path} is not listed in --help"
-        assert line[2] == _default(path), path
+        assert line[2] == default_text(path), path
         if "choices" in f.metadata:
             assert line[1] == "|".join(f.metadata["choices"])
     assert re.search(r"^  optim.lr +float = 0.01: peak learning rate", usage, re.M)

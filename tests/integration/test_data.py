@@ -1,4 +1,5 @@
-"""resnet_lite.data: every dataset spec on tiny official-format fixtures, caching, errors, sharding, stats."""
+"""Data loading: the training runs and real processes. The rest, and what the file tests and why:
+tests/unit/test_data.py."""
 
 import numpy as np
 import pytest

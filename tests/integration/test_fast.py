@@ -1,7 +1,5 @@
-"""The fast recipe's parts on CPU: the fast presets train, the EMA of the weights is what gets evaluated and saved,
-EMA and TTA match hand computations, a held-out split selects the model, and every new option is reachable from the
-command line. Runs use a few hundred 8x8 synthetic images.
-"""
+"""The fast recipe's parts on CPU: the training runs and real processes. The rest, and what the file tests and why:
+tests/unit/test_fast.py."""
 import json
 import math
 import shutil

@@ -6,7 +6,6 @@ call (--continue) must finish what the first did not. The benchmarks' failure pa
 loss, a failed training process) are checked on their own, in seconds.
 """
 import json
-import shutil
 import subprocess
 import sys
 import sysconfig
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from support import REPO
+from support import REPO, fresh_copy
 from support.formats import CIFAR10_CLASSES, write_imagefolder
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -25,19 +24,6 @@ import time_to_accuracy  # noqa: E402
 
 OUT_FILES = {"gpu_run.log", "summary.md", "throughput.json", "tta_fast.json", "tta_model5.json",
              "lite_r4b2.fast94.safetensors", "lite_r4b2.fast94.json"}  # the device tool brings back 8 at most
-
-
-def _fresh_copy(dest: Path) -> Path:
-    """What a fresh clone holds (tracked files, and new ones git does not ignore), nothing built or installed."""
-    if not (REPO / ".git").exists() or not shutil.which("git"):
-        pytest.skip("not a git checkout")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def _bare_python(dest: Path) -> Path:
@@ -75,7 +61,7 @@ def _dry_run(clone, python, tmp_path, out, *args, scratch=None, **env_extra):
 
 
 def _bare_setup(tmp_path):
-    clone = _fresh_copy(tmp_path / "clone")
+    clone = fresh_copy(tmp_path / "clone")
     python = _bare_python(tmp_path / "bare")
     for missing in ("resnet_lite", "wandb"):
         probe = subprocess.run([str(python), "-c", f"import torch, timm, accelerate\nimport {missing}"], cwd=tmp_path,

@@ -1,7 +1,5 @@
-"""--data hf:NAME: datasets in the Hugging Face Hub's format, built here with the real `datasets` library (parquet
-files as the Hub stores them, a save_to_disk folder, an image folder) and loaded through datasets.load_dataset, offline:
-the dataset's classes, exact pixels, the same resizing and cache as an image folder, a real training run, one-line
-errors."""
+"""--data hf:NAME: the training runs and real processes. The rest, and what the file tests and why:
+tests/unit/test_hub.py."""
 import json
 
 import pytest
@@ -14,20 +12,8 @@ from resnet_lite.train import main as train_main
 from support.formats import HUB_CLASSES, write_parquet
 
 datasets = pytest.importorskip("datasets")  # the test extra brings it; a plain install has no hf: support
+pytestmark = pytest.mark.usefixtures("hub_offline")
 CLASSES = HUB_CLASSES
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and the datasets library's own cache in the test's folder."""
-    import huggingface_hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def test_training_on_a_hub_dataset_uses_its_classes(tmp_path):

@@ -7,7 +7,7 @@
 - The CPU recipe, torchrun.sh, slurm_1node.sbatch's GPU paths and the image's entrypoint really start
   processes here; a stand-in trainer with the trainer's signal contract (first SIGTERM/SIGINT/SIGUSR1:
   finish, save, exit 75; a second one: exit at once) records what each process saw. The Slurm scripts
-  run on a real Slurm in tests/test_slurm.py, on CPUs; what needs GPUs (single_gpu.yaml's one-process
+  run on a real Slurm in tests/integration/test_slurm.py, on CPUs; what needs GPUs (single_gpu.yaml's one-process
   launcher, multi_gpu.yaml's torchrun under SIGTERM) runs here with SLURM_GPUS_ON_NODE set and stand-ins
   for srun/scancel/scontrol: srun runs the task once; scancel --signal signals every process of the step.
 - Dockerfile, compose file and .dockerignore are parsed and checked; hadolint runs when installed.
@@ -30,7 +30,7 @@ LAUNCH = REPO / "launch"
 DOCKER = REPO / "docker"
 BIN = Path(sys.executable).parent
 YAMLS = sorted(p for p in LAUNCH.glob("*.yaml") if p.name != "wandb_sweep.yaml")  # Accelerate's; the W&B sweep file:
-# tests/test_wandb_sweep.py
+# tests/integration/test_wandb_sweep.py
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch"), *DOCKER.glob("*.sh")])
 TRAIN = ["-m", "resnet_lite.train", "--variant", "model5"]
 
@@ -53,6 +53,10 @@ DOCUMENTED_FLAGS = {
                         "--main_process_ip", "10.0.0.1", "--main_process_port", "29500", "--rdzv_backend", "c10d"],
     "cpu.yaml": [],
 }
+
+
+def test_every_launch_yaml_is_covered():
+    assert {p.name for p in YAMLS} == set(DOCUMENTED_FLAGS)
 
 
 def _build_launch(config, flags, script=TRAIN):

@@ -1,6 +1,5 @@
-"""MixUp and CutMix on the device (resnet_lite.data.mix) against timm's own Mixup: for the same draw (lam, kind and box
-centre, handed to timm in place of its numpy randomness) the same mixed images and the same targets, in both modes; the
-draws' distribution; the loss; exact resume of a mixing run killed mid-epoch; the settings' one-line errors."""
+"""MixUp and CutMix on the device: the training runs and real processes. The rest, and what the file tests and why:
+tests/unit/test_mix.py."""
 import os
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""The model family, read as a specification: the seed's networks, exactly, behaving like timm models."""
+"""The model family, read as a specification: the training runs and real processes. The rest, and what the file tests
+and why: tests/unit/test_models.py."""
 import subprocess
 import sys
 

@@ -8,7 +8,6 @@ While nothing is published, pretrained=True stays a one-line error; once somethi
 shared archive.
 """
 import json
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,7 +18,7 @@ import pytest
 from resnet_lite.evaluate import evaluate
 from resnet_lite.models.lite import published_weights
 
-from support import REPO
+from support import REPO, fresh_copy
 from support.formats import CIFAR10_CLASSES, write_imagefolder
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -48,19 +47,6 @@ print(json.dumps(dict(name=name, entry=entry, same=same, five=five.fc.out_featur
 """
 
 
-def _fresh_copy(dest: Path) -> Path:
-    """What a fresh clone holds (tracked files, and new ones git does not ignore)."""
-    if not (REPO / ".git").exists() or not shutil.which("git"):
-        pytest.skip("not a git checkout")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True,
-                           check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
-
-
 def _probe(clone: Path, *args) -> subprocess.CompletedProcess:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(clone), "HOME": str(clone.parent), "HF_HUB_OFFLINE": "1",
            "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "2"}
@@ -84,7 +70,7 @@ def test_weights_a_run_brings_back_are_published_and_load_offline(tmp_path, monk
     meta = json.loads((results / gpu_summary.WEIGHTS_META).read_text())
     assert meta["preset"] == "fast94" and meta["tta"] == 2 and meta["test_images"] == 60
 
-    clone = _fresh_copy(tmp_path / "clone")
+    clone = fresh_copy(tmp_path / "clone")
     dest = clone / "resnet_lite" / "models" / "weights"
     assert not (dest / "published.json").exists()
     publish_weights.main([str(results / gpu_summary.WEIGHTS), "--data", spec, "--data-dir", cache, "--dest", str(dest)])

@@ -12,17 +12,15 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
 
 from resnet_lite.config import list_presets, resolve_config, settings_argv
 
-from support import REPO
+from support import REPO, fresh_copy
 
 README = (REPO / "README.md").read_text()
 
@@ -147,25 +145,11 @@ def test_python_block_runs(index, tmp_path):
         assert expected.strip() in proc.stdout
 
 
-def _checkout_copy(to: Path) -> Path:
-    """The files a fresh clone of the checkout holds (tracked, or new and not ignored), copied to `to`."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True)
-    if listed.returncode != 0:  # not a git checkout (an unpacked sdist): all of it but what a run leaves
-        shutil.copytree(REPO, to, ignore=shutil.ignore_patterns("runs", ".git", "__pycache__", "*.egg-info"))
-        return to
-    for name in filter(None, listed.stdout.split("\0")):
-        if (REPO / name).is_file():
-            (to / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, to / name)
-    return to
-
-
 @pytest.mark.slow
 def test_the_cpu_try_out_runs_as_written_in_a_fresh_clone(tmp_path):
     (block,) = re.findall(r"```bash\n(.*?)\n```", _section("Try it on a CPU"), re.S)
     assert "onnx" not in block  # ONNX needs `pip install ".[export]"`, which the README's install does not do
-    clone = _checkout_copy(tmp_path / "clone")
+    clone = fresh_copy(tmp_path / "clone")
     before = {p.relative_to(clone) for p in clone.rglob("*")}
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
     proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=clone, capture_output=True, text=True,

@@ -159,8 +159,8 @@ def test_multi_node_recipe_with_two_tasks_as_two_machines_counts_every_test_imag
 def test_a_mistake_in_a_two_process_job_is_one_line(slurm_cluster, tmp_path):
     """A folder that does not exist, under slurm_1node.sbatch with two processes: the job's log holds the script's
     line, the main process's error and then only what the launcher (the ChildFailedError table, which
-    tests/test_launcher_errors.py reads line by line) and srun ("srun: error: ... Exited with exit code 1") print of
-    failed processes: no traceback of the trainer's, no peer's."""
+    tests/integration/test_launcher_errors.py reads line by line) and srun ("srun: error: ... Exited with exit code
+    1") print of failed processes: no traceback of the trainer's, no peer's."""
     job = Job(slurm_cluster, "slurm_1node.sbatch", CPU_TWO_TASKS, [*RUN, "--data", "imagefolder:nope/"],
               _env(slurm_cluster, tmp_path, RUN_DIR=str(tmp_path / "run")), tmp_path / "job.out")
     assert job.finish() != 0

@@ -1,7 +1,6 @@
 """The training configuration: precedence, dotted overrides, one-line errors, and the shipped presets."""
 import dataclasses
 import re
-import typing
 
 import pytest
 import yaml
@@ -20,6 +19,8 @@ from resnet_lite.config import (
 from resnet_lite.errors import UserError
 from resnet_lite.report import REPORT_TABLE
 from resnet_lite.train import main as train_main
+
+from support.settings import settings
 
 
 def test_defaults_are_model5_with_one_cosine():
@@ -191,29 +192,10 @@ def test_every_preset_resolves():
         assert resolve_config(name).name == name
 
 
-def _settings(cls=TrainConfig, prefix=""):
-    """(dotted name, dataclass field) of every setting, nested configs expanded."""
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            yield from _settings(hints[f.name], f"{prefix}{f.name}.")
-        else:
-            yield prefix + f.name, f
-
-
-def _default(path):
-    value = to_dict(TrainConfig())
-    for part in path.split("."):
-        value = value[part]
-    return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()  # as a YAML file writes it
-
-
 def test_every_setting_has_a_description():
-    missing = [path for path, f in _settings() if not f.metadata.get("help")]
+    missing = [path for path, f in settings() if not f.metadata.get("help")]
     assert not missing, f"add field(metadata={{'help': ...}}) to {missing}"
-    assert len(list(_settings())) > 50
-
-
+    assert len(list(settings())) > 50
 
 
 def test_print_config_prints_the_resolved_yaml_and_trains_nothing(tmp_path, capsys):

@@ -1,9 +1,5 @@
-"""Fine-tuning, read as a specification: starting from real weight files (a run on other classes, a seed-notebook
-state_dict, timm's pretrained mechanism with a local file, a timm folder), any timm model by name, a lower backbone lr,
-a frozen backbone, layer-wise decay, and the one-line errors for weights that do not fit.
-
-Runs are tiny (8x8 images, a few dozen of them, 1-2 epochs), so the file stays a few tens of seconds on two CPU cores.
-"""
+"""Fine-tuning, read as a specification: the in-process checks (nothing trained, no process started). The rest, and
+what the file tests and why: tests/integration/test_finetune.py."""
 
 import pytest
 import torch
@@ -13,10 +9,6 @@ from resnet_lite.models.pretrained import initial_model
 from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
 
 from support.notebook import SEED_ARCH, SeedNet
-
-FIVE = ("ant", "bee", "cow", "dog", "eel")
-TINY = ["--wandb", "disabled", "--batch-size", "16", "eval_batch_size=32", "data.image_size=8"]
-TEN = ["--data", "synthetic", "data.synthetic_train=64", "data.synthetic_test=20"]  # 10 classes
 
 
 @pytest.fixture(autouse=True)

@@ -16,20 +16,8 @@ from resnet_lite.errors import UserError
 from support.formats import HUB_CLASSES, hub_pixels, write_imagefolder, write_parquet
 
 datasets = pytest.importorskip("datasets")  # the test extra brings it; a plain install has no hf: support
+pytestmark = pytest.mark.usefixtures("hub_offline")
 CLASSES = HUB_CLASSES
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and the datasets library's own cache in the test's folder."""
-    import huggingface_hub
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setenv("WANDB_MODE", "disabled")
 
 
 def _as_images(pixels):
@@ -104,8 +92,6 @@ def test_a_save_to_disk_folder_and_an_image_folder_load_too(tmp_path):
     for a, b in ((hub.train, ours.train), (hub.test, ours.test)):
         assert torch.equal(a.images[order(a)], b.images[order(b)])
         assert torch.equal(a.labels[order(a)], b.labels[order(b)])
-
-
 
 
 def test_a_dataset_without_a_test_split_or_labels_is_refused(tmp_path):

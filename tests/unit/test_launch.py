@@ -1,23 +1,8 @@
-"""Launch recipes (launch/), the Docker image (docker/, .dockerignore), checked without GPUs or Docker.
-
-- Every launch/*.yaml goes through Accelerate's own loader and its launch command is built the way
-  `accelerate launch` builds it (accelerate.commands.launch + accelerate.utils.launch, then torchrun's
-  own config_from_args for the multi-process launcher), without running it.
-- Shell scripts pass `bash -n` and shellcheck (skipped with a reason when shellcheck is not installed).
-- The CPU recipe, torchrun.sh, slurm_1node.sbatch's GPU paths and the image's entrypoint really start
-  processes here; a stand-in trainer with the trainer's signal contract (first SIGTERM/SIGINT/SIGUSR1:
-  finish, save, exit 75; a second one: exit at once) records what each process saw. The Slurm scripts
-  run on a real Slurm in tests/test_slurm.py, on CPUs; what needs GPUs (single_gpu.yaml's one-process
-  launcher, multi_gpu.yaml's torchrun under SIGTERM) runs here with SLURM_GPUS_ON_NODE set and stand-ins
-  for srun/scancel/scontrol: srun runs the task once; scancel --signal signals every process of the step.
-- Dockerfile, compose file and .dockerignore are parsed and checked; hadolint runs when installed.
-  docker/test_image.sh (run by .ci/run, not here: it takes minutes and root) builds and runs the image.
-"""
+"""Launch recipes: the in-process checks (nothing trained, no process started). The rest, and what the file tests and
+why: tests/integration/test_launch.py."""
 import json
 import re
 import shlex
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
@@ -26,25 +11,9 @@ from support import REPO
 
 LAUNCH = REPO / "launch"
 DOCKER = REPO / "docker"
-BIN = Path(sys.executable).parent
 YAMLS = sorted(p for p in LAUNCH.glob("*.yaml") if p.name != "wandb_sweep.yaml")  # Accelerate's; the W&B sweep file:
-# tests/test_wandb_sweep.py
+# tests/integration/test_wandb_sweep.py
 SCRIPTS = sorted([*LAUNCH.glob("*.sh"), *LAUNCH.glob("*.sbatch"), *DOCKER.glob("*.sh")])
-TRAIN = ["-m", "resnet_lite.train", "--variant", "model5"]
-
-
-# The extra flags each config is documented with (launch/README.md and the YAML's own comment).
-DOCUMENTED_FLAGS = {
-    "single_gpu.yaml": [],
-    "multi_gpu.yaml": ["--num_processes", "4"],
-    "multi_node.yaml": ["--num_machines", "2", "--num_processes", "16", "--machine_rank", "1",
-                        "--main_process_ip", "10.0.0.1", "--main_process_port", "29500", "--rdzv_backend", "c10d"],
-    "cpu.yaml": [],
-}
-
-
-def test_every_launch_yaml_is_covered():
-    assert {p.name for p in YAMLS} == set(DOCUMENTED_FLAGS)
 
 
 @pytest.mark.parametrize("config", YAMLS, ids=lambda p: p.name)
@@ -80,78 +49,6 @@ def test_sbatch_header_asks_for_warning_and_requeue(name):
 
 
 # ------------------------------------------------------------------ processes started for real
-
-STANDIN = '''\
-"""Stand-in for resnet_lite.train with its signal contract: record what this process saw."""
-import json, os, signal, sys, time
-from pathlib import Path
-from accelerate import Accelerator
-
-accelerator = Accelerator()
-received = []
-
-
-def on_signal(signum, frame):
-    received.append(signal.Signals(signum).name)
-    if len(received) > 1:
-        os._exit(130)
-
-
-for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-    signal.signal(sig, on_signal)
-out = Path(os.environ["STANDIN_OUT"])
-rank = accelerator.process_index
-record = {"rank": rank, "world": accelerator.num_processes, "backend": accelerator.state.backend,
-          "argv": sys.argv[1:], "node": os.environ.get("SLURM_NODEID")}
-(out / f"ready-{rank}.json").write_text(json.dumps(record))
-deadline = time.monotonic() + float(os.environ.get("STANDIN_SECONDS", "60"))
-while not received and time.monotonic() < deadline:
-    time.sleep(0.05)
-accelerator.wait_for_everyone()  # as the trainer does: nobody leaves before the checkpoint is written
-record["signals"] = received
-(out / f"done-{rank}.json").write_text(json.dumps(record))
-sys.exit(75 if received else 0)
-'''
-
-SRUN = '''\
-"""Stand-in for srun on one node: run the step's command once, here, and exit with its status."""
-import os, subprocess, sys
-from pathlib import Path
-
-args = sys.argv[1:]
-while args[0].startswith("-"):
-    args.pop(0)
-(Path(os.environ["FAKE_SLURM"]) / "srun.pid").write_text(str(os.getpid()))
-sys.exit(subprocess.call(args, env=dict(os.environ, SLURM_NODEID="0", SLURM_PROCID="0")))
-'''
-
-SCANCEL = '''\
-"""Stand-in for scancel --signal=SIG JOBID: signal every process of the job step (proctrack/cgroup)."""
-import os, signal, sys
-from pathlib import Path
-import psutil
-
-state = Path(os.environ["FAKE_SLURM"])
-with open(state / "calls.log", "a") as log:
-    log.write("scancel " + " ".join(sys.argv[1:]) + "\\n")
-name = next(a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--signal="))
-for process in psutil.Process(int((state / "srun.pid").read_text())).children(recursive=True):
-    try:
-        process.send_signal(getattr(signal, "SIG" + name))
-    except psutil.NoSuchProcess:
-        pass
-'''
-
-SCONTROL = '''\
-"""Stand-in for scontrol: `show hostnames` lists this machine; other calls are logged."""
-import os, sys
-from pathlib import Path
-
-with open(Path(os.environ["FAKE_SLURM"]) / "calls.log", "a") as log:
-    log.write("scontrol " + " ".join(sys.argv[1:]) + "\\n")
-if sys.argv[1:3] == ["show", "hostnames"]:
-    print("127.0.0.1")
-'''
 
 
 def _dockerfile():
@@ -264,4 +161,3 @@ def test_launch_readme_names_every_recipe_and_only_existing_files():
 
 # -------------------------------------------------------------------------------- python -m resnet_lite.launch
 
-RECIPES = sorted(p.name for p in LAUNCH.iterdir() if p.suffix in (".yaml", ".sbatch", ".sh", ".md"))

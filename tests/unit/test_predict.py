@@ -1,5 +1,5 @@
-"""predict: real PNG/JPEG/BMP/GIF files of several sizes, directories, a broken file; the probabilities are the
-model's."""
+"""predict: the in-process checks (nothing trained, no process started). The rest, and what the file tests and why:
+tests/integration/test_predict.py."""
 
 import pytest
 from PIL import Image

@@ -1,10 +1,5 @@
-"""The trainer: schedules and optimizers, a real run on synthetic data and everything it leaves behind, resuming,
-determinism, W&B offline, the command line, and real multi-process runs (torchrun over gloo, accelerate launch).
-
-Runs are tiny (a few hundred 8x8 or 16x16 synthetic images) so the whole file stays fast on two CPU cores.
-"""
-import sys
-from pathlib import Path
+"""The trainer: the in-process checks (nothing trained, no process started). The rest, and what the file tests and
+why: tests/integration/test_train.py."""
 
 import pytest
 import torch
@@ -14,11 +9,6 @@ from resnet_lite.outputs.tracking import wandb_mode
 from resnet_lite.train import main
 from resnet_lite.training.distributed import resolve_mixed_precision
 from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
-
-BIN = Path(sys.executable).parent
-TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",
-        "batch_size=64", "eval_batch_size=64", "epochs=2"]
-METRIC_KEYS = {"epoch", "step", "train_loss", "test_loss", "test_acc", "lr", "epoch_seconds", "images_per_second"}
 
 
 @pytest.fixture(autouse=True)
@@ -66,11 +56,6 @@ def test_optimizers():
 
 
 # ---------------------------------------------------------------------------------------------- a real run
-
-
-OPTIONS = ["grad_accum=2", "label_smoothing=0.1", "schedule.name=onecycle", "schedule.warmup_epochs=0.5",
-           "optim.name=sgd", "optim.lr=0.05", "optim.nesterov=true", "optim.weight_decay=5e-4",
-           "optim.no_decay_norm_bias=true", "channels_last=true", "augment.cutout=3"]
 
 
 def test_wandb_auto_is_online_only_when_logged_in(monkeypatch, tmp_path):

@@ -1,22 +1,12 @@
-"""W&B and the console, read back from the real thing: one offline run on a pseudo-terminal (so the rich bar draws
-as it does for a person at a terminal), decoded from its .wandb file into wandb's own protobuf records. No mock.
-
-The run: synthetic 8x8 images, 2 epochs of 4 steps, an EMA and flip TTA (so the evaluated model is not the trained
-one), wandb.log_every_steps=3, wandb.log_model=true, names from settings and from wandb's environment variables.
-"""
+"""W&B and the console, read back from the real thing: the in-process checks (nothing trained, no process started).
+The rest, and what the file tests and why: tests/integration/test_wandb.py."""
 
 import pytest
 
 from resnet_lite.config import resolve_config
-from resnet_lite.data.sources import DataConfig
 from resnet_lite.outputs.tracking import WandbConfig, wandb_settings
 
 STEPS_PER_EPOCH, EPOCHS, EVERY, LR = 4, 2, 3, 0.005
-RUN = ["--data", "synthetic", "--epochs", str(EPOCHS), "--batch-size", "32", "--lr", str(LR), "--wandb", "offline",
-       "data.synthetic_train=128", "data.synthetic_test=64", "data.image_size=8", "eval_batch_size=64",
-       "ema.enabled=true", "ema.decay=0.9", "tta=1", f"wandb.log_every_steps={EVERY}", "wandb.log_model=true",
-       "wandb.name=tiny", "wandb.tags=cifar, smoke", "wandb.group=trust"]
-DATA = DataConfig("synthetic", synthetic_train=128, synthetic_test=64, image_size=8)
 
 
 def test_wandb_names_follow_settings_then_environment(monkeypatch, tmp_path):
