@@ -155,3 +155,11 @@ def hub_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
+
+
+@pytest.fixture
+def no_wandb(monkeypatch, tmp_path):
+    """W&B off for a test's runs, and anything wandb writes regardless kept in the test's folder, not the checkout."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
+    monkeypatch.setenv("WANDB_SILENT", "true")

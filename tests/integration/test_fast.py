@@ -4,7 +4,6 @@ import json
 import math
 import shutil
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,22 +19,14 @@ from resnet_lite.outputs.weights import load_weights
 from resnet_lite.train import main, train
 
 from support import REPO
+from support.fast import FAST_PRESETS, TINY, rows_of
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",
-        "batch_size=64", "eval_batch_size=64", "epochs=2", "compile=false", "wandb=disabled"]
-FAST_PRESETS = ["fast", "fast94"]
 
 
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
-
-def rows_of(out):
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
 def recomputed_test_loss(state, out, tta=0):

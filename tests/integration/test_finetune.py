@@ -37,10 +37,7 @@ TINY = ["--wandb", "disabled", "--batch-size", "16", "eval_batch_size=32", "data
 TEN = ["--data", "synthetic", "data.synthetic_train=64", "data.synthetic_test=20"]  # 10 classes
 
 
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 @pytest.fixture(scope="module")

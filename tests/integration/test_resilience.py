@@ -34,10 +34,7 @@ RUN = ["--data", "synthetic", "data.image_size=8", "data.synthetic_train=320", "
 TIMING = {"epoch_seconds", "images_per_second"}
 
 
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 @pytest.fixture(scope="module", autouse=True)

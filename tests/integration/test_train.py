@@ -33,11 +33,7 @@ TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=
 METRIC_KEYS = {"epoch", "step", "train_loss", "test_loss", "test_acc", "lr", "epoch_seconds", "images_per_second"}
 
 
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 def run(out, *overrides, resume=None):

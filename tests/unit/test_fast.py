@@ -5,7 +5,6 @@ command line. Runs use a few hundred 8x8 synthetic images.
 import dataclasses
 import json
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,23 +17,13 @@ from resnet_lite.training.ema import EMAConfig, build_ema, ema_decay, update_ema
 from resnet_lite.training.optim import lr_factor, warmup_note
 
 from support import REPO
+from support.fast import FAST_PRESETS, TINY, rows_of
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 import time_to_accuracy  # noqa: E402
 
-TINY = ["data.spec=synthetic", "data.synthetic_train=256", "data.synthetic_test=64", "data.image_size=8",
-        "batch_size=64", "eval_batch_size=64", "epochs=2", "compile=false", "wandb=disabled"]
-FAST_PRESETS = ["fast", "fast94"]
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
-
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
-
-
-def rows_of(out):
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("name", FAST_PRESETS)

@@ -10,11 +10,7 @@ from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimi
 
 from support.notebook import SEED_ARCH, SeedNet
 
-
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 @pytest.mark.parametrize("num_classes", [10, 3])

@@ -10,12 +10,7 @@ from resnet_lite.train import main
 from resnet_lite.training.distributed import resolve_mixed_precision
 from resnet_lite.training.optim import OptimConfig, ScheduleConfig, build_optimizer, build_scheduler, lr_factor
 
-
-@pytest.fixture(autouse=True)
-def no_wandb(monkeypatch, tmp_path):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-default"))
-    monkeypatch.setenv("WANDB_SILENT", "true")
+pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
 def test_report_cosine_is_the_notebooks_per_batch_cosine_annealing():
