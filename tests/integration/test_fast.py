@@ -3,7 +3,6 @@ tests/unit/test_fast.py."""
 import json
 import math
 import shutil
-import sys
 
 import pytest
 import torch
@@ -18,15 +17,9 @@ from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.outputs.weights import load_weights
 from resnet_lite.train import main, train
 
-from support import REPO
 from support.fast import FAST_PRESETS, TINY, rows_of
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-
-
 pytestmark = pytest.mark.usefixtures("no_wandb")
-
 
 
 def recomputed_test_loss(state, out, tta=0):
@@ -58,7 +51,8 @@ def test_fast_preset_trains_on_cpu(name, tmp_path):
 
 def test_a_one_epoch_run_of_a_fast_preset_completes_its_schedule(tmp_path, capsys):
     """`--variant fast --epochs 1`: the preset's 2.5-epoch warm-up used to fill the whole run, which ended at lr 0.7
-    (of 0.8) with a test loss in the thousands. The warm-up now takes at most a quarter of the run, and says so."""
+    (of the 0.8 it then had) with a test loss in the thousands. The warm-up now takes at most a quarter of the run,
+    and says so."""
     out = tmp_path / "run"  # batch 128 and lr 0.1: the preset's 512 and 0.4 scaled down together
     assert main(["--variant", "fast", "--epochs", "1", "--batch-size", "128", "--lr", "0.1", "--data", "synthetic",
                  "--output-dir", str(out), *TINY[2:4], "data.synthetic_train=2048", "compile=false",

@@ -25,7 +25,6 @@ import time_to_accuracy  # noqa: E402
 pytestmark = pytest.mark.usefixtures("no_wandb")
 
 
-
 @pytest.mark.parametrize("name", FAST_PRESETS)
 def test_fast_preset_is_the_recipe_on_the_reports_network(name):
     cfg = resolve_config(name)
