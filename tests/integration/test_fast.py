@@ -53,7 +53,7 @@ def test_a_one_epoch_run_of_a_fast_preset_completes_its_schedule(tmp_path, capsy
     """`--variant fast --epochs 1`: the preset's 2.5-epoch warm-up used to fill the whole run, which ended at lr 0.7
     (of the 0.8 it then had) with a test loss in the thousands. The warm-up now takes at most a quarter of the run,
     and says so."""
-    out = tmp_path / "run"  # batch 128 and lr 0.1: the preset's 512 and 0.4 scaled down together
+    out = tmp_path / "run"  # batch 128 and lr 0.1: the preset's 256 and 0.2 scaled down together
     assert main(["--variant", "fast", "--epochs", "1", "--batch-size", "128", "--lr", "0.1", "--data", "synthetic",
                  "--output-dir", str(out), *TINY[2:4], "data.synthetic_train=2048", "compile=false",
                  "--wandb", "disabled"]) == 0

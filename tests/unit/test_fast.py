@@ -30,7 +30,8 @@ def test_fast_preset_is_the_recipe_on_the_reports_network(name):
     cfg = resolve_config(name)
     assert cfg.model == "lite_r4b2" and cfg.drop_rate == 0.0  # the architecture untouched
     assert cfg.mixed_precision == "auto" and cfg.channels_last and cfg.compile and cfg.drop_last
-    assert cfg.batch_size >= 512 and 10_000 % cfg.eval_batch_size == 0
+    assert 10_000 % cfg.eval_batch_size == 0
+    assert cfg.optim.lr / cfg.batch_size == pytest.approx(0.4 / 512)  # Page's lr per image, whatever the batch
     assert (cfg.optim.name, cfg.optim.nesterov, cfg.optim.momentum) == ("sgd", True, 0.9) and cfg.optim.weight_decay > 0
     assert cfg.schedule.name == "onecycle" and cfg.schedule.warmup_epochs > 0 and cfg.schedule.final_lr_fraction == 0
     assert cfg.label_smoothing == 0.2 and cfg.ema.enabled and cfg.tta == 2 and cfg.augment.preset == "fast"
