@@ -44,11 +44,11 @@
 # --continue keeps the results of an earlier call on this machine (SCRATCH) and skips what is complete; without it the
 # results start afresh (the extracted data, its decoded cache and the compile cache are kept).
 # Why these numbers: nothing has run on a GPU yet, so the plan assumes little. ESTIMATES, not measurements: setup
-# 20-40 s (the cold decode of the 60k JPEGs took 22 s on this project's 2-core VM), throughput 20-40 s, fast 300-360 s
-# (a cold compile of 60-120 s, then fast 3 x ~30 s (batch 256, 2,340 steps) and fast94 3 x ~50 s with per-epoch
-# evaluations), compile 20-60 s, model5 150-250 s (27,370 steps at batch 128, eager: launch-bound). So one call of
-# 560 s holds it all only if the GPU is fast; the second call gets the rest of the 15 minutes, model5 first. Every
-# figure stays partial-safe.
+# 20-40 s (the cold decode of the 60k JPEGs took 22 s on this project's 2-core VM), throughput 20-40 s, fast 320-400 s
+# (a cold compile of 60-120 s, then fast 3 x ~37 s (batch 256, 15 epochs, 2,925 steps) and fast94 3 x ~50 s with
+# per-epoch evaluations), compile 20-60 s, model5 150-250 s (27,370 steps at batch 128, eager: launch-bound). So one
+# call of 560 s holds it all only if the GPU is fast; the second call gets the rest of the 15 minutes, model5 first.
+# Every figure stays partial-safe.
 #
 # The same flow on a CPU with tiny settings, with a Python like the GPU machine's (torch, timm, accelerate; resnet_lite
 # and wandb NOT installed), as tests/integration/test_gpu_run.py runs it:

@@ -76,7 +76,7 @@ class ScheduleConfig:
                 "warmup_max_fraction of the run"})
     warmup_max_fraction: float = field(default=0.25, metadata={
         "help": "the warm-up takes at most this fraction of the run, so that a run shorter than its preset planned "
-                "(fast: 2.5 of 12 epochs) still comes down to final_lr_fraction * lr; the console says when it cuts "
+                "(fast: 2.5 of 15 epochs) still comes down to final_lr_fraction * lr; the console says when it cuts "
                 "the warm-up. 1: warmup_epochs as given, up to the whole run"})
     start_lr_fraction: float = field(default=0.0, metadata={
         "help": "lr at step 0 during the warm-up, as a fraction of lr"})
