@@ -3,6 +3,7 @@ tests/unit/test_fast.py."""
 import json
 import math
 import shutil
+import sys
 
 import pytest
 import torch
@@ -17,7 +18,11 @@ from resnet_lite.outputs.checkpoint import list_checkpoints
 from resnet_lite.outputs.weights import load_weights
 from resnet_lite.train import main, train
 
+from support import REPO
 from support.fast import FAST_PRESETS, TINY, rows_of
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import ema_vs_raw  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("no_wandb")
 
@@ -170,3 +175,31 @@ def test_bad_new_options_are_one_line_errors(override, message, capsys):
 
 
 # ---------------------------------------------------------------------------------------------- time to accuracy
+
+
+def test_the_paired_ema_comparison_reproduces_the_trainers_figures(tmp_path, capsys):
+    """benchmarks/ema_vs_raw.py scores both weight sets of a checkpoint image by image: its accuracies are the ones
+    the trainer reported for that step (same data, TTA and memory format), and the images only one of them gets right
+    account for the difference."""
+    out = tmp_path / "run"
+    main(["--output-dir", str(out), *TINY, "optim.name=sgd", "optim.lr=0.2", "ema.enabled=true", "ema.decay=0.9",
+          "tta=2", "channels_last=true"])
+    last, _ = rows_of(out)[-1], capsys.readouterr()
+    result = ema_vs_raw.compare(out)
+    assert (result["step"], result["images"], result["tta"]) == (last["step"], 64, 2)
+    assert (result["acc_raw"], result["acc_ema"]) == (last["test_acc_raw"], last["test_acc"])
+    assert result["only_ema_right"] - result["only_raw_right"] == round(64 * (last["test_acc"] - last["test_acc_raw"]))
+    assert ema_vs_raw.main([str(out), "--tta", "0", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["tta"] == 0
+
+    plain = tmp_path / "plain"  # no EMA in the checkpoint: a one-line error, not a traceback
+    main(["--output-dir", str(plain), *TINY, "epochs=1", "ema.enabled=false"])
+    capsys.readouterr()
+    assert ema_vs_raw.main([str(plain)]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: {list_checkpoints(plain / 'checkpoints')[-1]} holds no EMA "
+                                               "(the run had ema.enabled=false); nothing to compare")
+
+
+@pytest.mark.parametrize("only_a, only_b, p", [(0, 0, 1.0), (0, 5, 0.0625), (3, 3, 1.0), (18, 24, 0.4408)])
+def test_mcnemar_exact(only_a, only_b, p):
+    assert ema_vs_raw.mcnemar_exact(only_a, only_b) == pytest.approx(p, abs=1e-4)
